@@ -1,0 +1,93 @@
+use crate::{DType, HostTensor, ResizeSpec, Result, SeqLayout};
+
+/// What model code may ask of any device tensor.
+pub trait TensorInfo {
+    /// Dimensions, row-major.
+    fn dims(&self) -> Vec<usize>;
+    /// Storage type.
+    fn dtype(&self) -> DType;
+}
+
+/// The operations a ViT encoder needs, implemented once per device.
+///
+/// Activations are 2-D `[rows, width]` matrices: the tokens of every image in
+/// a batch are stacked along the rows and described by a [`SeqLayout`].
+/// Contract for every implementation:
+/// - inputs and outputs are stored in the tensor's [`DType`];
+/// - arithmetic accumulates in fp32 and statistics (norms, softmax) are fp32;
+/// - each output element is rounded to the storage type once.
+///
+/// An operation a backend cannot run returns [`crate::Error::NotSupported`];
+/// it is never emulated behind the caller's back.
+pub trait Backend: Send + Sync {
+    /// The device tensor type.
+    type Tensor: TensorInfo + Clone + Send + Sync;
+
+    /// A short device name for reports, like `cpu` or `cuda:0`.
+    fn name(&self) -> String;
+
+    /// Copies a host tensor to the device, converting it to `dtype`.
+    fn upload(&self, host: &HostTensor, dtype: DType) -> Result<Self::Tensor>;
+
+    /// Copies a device tensor back to the host, in its storage type.
+    fn download(&self, x: &Self::Tensor) -> Result<HostTensor>;
+
+    /// Converts to another storage type (rounding to nearest even).
+    fn cast(&self, x: &Self::Tensor, dtype: DType) -> Result<Self::Tensor>;
+
+    /// `x · wᵀ + b` for `x [n, k]`, `w [m, k]`, `b [m]`, as PyTorch's
+    /// `F.linear`: the bias joins the fp32 accumulator before the one rounding.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+
+    /// LayerNorm over the last axis with affine weight and bias.
+    fn layer_norm(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+
+    /// RMSNorm over the last axis with HF's rounding: normalise in fp32, round
+    /// to the storage type, then multiply by the weight.
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+
+    /// GELU with the exact erf form.
+    fn gelu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `x + gamma ⊙ r` with `gamma [width]` broadcast over rows; without
+    /// `gamma` this is the plain residual add. Covers LayerScale.
+    fn residual(&self, x: &Self::Tensor, r: &Self::Tensor, gamma: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+
+    /// Non-causal multi-head attention over packed sequences. `q`, `k`, `v`
+    /// and the result are `[total, heads · head_dim]`; a query attends to the
+    /// keys of its own sequence only.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        seqs: &SeqLayout,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// 2-D resize of a channels-last grid `[in_h · in_w, C]` to
+    /// `[window_h · window_w, C]` (see [`ResizeSpec`]), with PyTorch's index
+    /// math and fp32 arithmetic.
+    fn resize(&self, grid: &Self::Tensor, spec: &ResizeSpec) -> Result<Self::Tensor>;
+
+    /// Cuts images `[b, c, h, w]` into patches `[b · (h/p) · (w/p), c · p · p]`:
+    /// row-major patch order, features ordered (channel, row, column).
+    /// With `norm = Some((mean, std))` each value becomes `(x − mean) / std`
+    /// per channel, in fp32, before the one rounding.
+    fn patchify(&self, pixels: &Self::Tensor, patch: usize, norm: Option<([f32; 3], [f32; 3])>) -> Result<Self::Tensor>;
+
+    /// Stacks 2-D tensors of equal width along the rows.
+    fn concat_rows(&self, parts: &[&Self::Tensor]) -> Result<Self::Tensor>;
+
+    /// Rows `start .. start + len` of a 2-D tensor.
+    fn slice_rows(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
+
+    /// Columns `start .. start + len` of a 2-D tensor (splits a fused qkv).
+    fn slice_cols(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
+
+    /// Waits until queued device work is done (timing, error surfacing).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
