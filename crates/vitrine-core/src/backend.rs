@@ -37,10 +37,21 @@ pub trait Backend: Send + Sync {
 
     /// `x · wᵀ + b` for `x [n, k]`, `w [m, k]`, `b [m]`, as PyTorch's
     /// `F.linear`: the bias joins the fp32 accumulator before the one rounding.
-    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
 
     /// LayerNorm over the last axis with affine weight and bias.
-    fn layer_norm(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
 
     /// RMSNorm over the last axis with HF's rounding: normalise in fp32, round
     /// to the storage type, then multiply by the weight.
@@ -51,7 +62,12 @@ pub trait Backend: Send + Sync {
 
     /// `x + gamma ⊙ r` with `gamma [width]` broadcast over rows; without
     /// `gamma` this is the plain residual add. Covers LayerScale.
-    fn residual(&self, x: &Self::Tensor, r: &Self::Tensor, gamma: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    fn residual(
+        &self,
+        x: &Self::Tensor,
+        r: &Self::Tensor,
+        gamma: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
 
     /// Non-causal multi-head attention over packed sequences. `q`, `k`, `v`
     /// and the result are `[total, heads · head_dim]`; a query attends to the
@@ -75,7 +91,12 @@ pub trait Backend: Send + Sync {
     /// row-major patch order, features ordered (channel, row, column).
     /// With `norm = Some((mean, std))` each value becomes `(x − mean) / std`
     /// per channel, in fp32, before the one rounding.
-    fn patchify(&self, pixels: &Self::Tensor, patch: usize, norm: Option<([f32; 3], [f32; 3])>) -> Result<Self::Tensor>;
+    fn patchify(
+        &self,
+        pixels: &Self::Tensor,
+        patch: usize,
+        norm: Option<([f32; 3], [f32; 3])>,
+    ) -> Result<Self::Tensor>;
 
     /// Stacks 2-D tensors of equal width along the rows.
     fn concat_rows(&self, parts: &[&Self::Tensor]) -> Result<Self::Tensor>;

@@ -37,7 +37,12 @@ pub struct ResizeSpec {
 
 impl ResizeSpec {
     /// A full resize (the window is the whole output).
-    pub fn full(mode: ResizeMode, align_corners: bool, input: (usize, usize), output: (usize, usize)) -> Self {
+    pub fn full(
+        mode: ResizeMode,
+        align_corners: bool,
+        input: (usize, usize),
+        output: (usize, usize),
+    ) -> Self {
         Self {
             mode,
             align_corners,

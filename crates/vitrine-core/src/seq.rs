@@ -15,7 +15,9 @@ impl SeqLayout {
     /// Builds the layout from the length of each sequence.
     pub fn from_lengths(lengths: &[usize]) -> Result<Self> {
         if lengths.is_empty() {
-            return Err(Error::InvalidArgument("a batch needs at least one sequence".into()));
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one sequence".into(),
+            ));
         }
         if lengths.contains(&0) {
             return Err(Error::InvalidArgument("sequences cannot be empty".into()));
@@ -55,6 +57,9 @@ impl SeqLayout {
 
     /// Length of the longest sequence (sizes kernel launches).
     pub fn max_len(&self) -> usize {
-        (0..self.len()).map(|i| self.range(i).len()).max().unwrap_or(0)
+        (0..self.len())
+            .map(|i| self.range(i).len())
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -22,15 +22,26 @@ pub(crate) fn attention(
     if dims.len() != 2 || k.dims() != dims || v.dims() != dims {
         return Err(Error::shape(
             "attention",
-            format!("q {:?}, k {:?}, v {:?} must be equal 2-D shapes", dims, k.dims(), v.dims()),
+            format!(
+                "q {:?}, k {:?}, v {:?} must be equal 2-D shapes",
+                dims,
+                k.dims(),
+                v.dims()
+            ),
         ));
     }
     let (total, width) = (dims[0], dims[1]);
     if heads == 0 || width % heads != 0 {
-        return Err(Error::shape("attention", format!("width {width} is not divisible by {heads} heads")));
+        return Err(Error::shape(
+            "attention",
+            format!("width {width} is not divisible by {heads} heads"),
+        ));
     }
     if seqs.total() != total {
-        return Err(Error::shape("attention", format!("{total} rows, layout covers {}", seqs.total())));
+        return Err(Error::shape(
+            "attention",
+            format!("{total} rows, layout covers {}", seqs.total()),
+        ));
     }
     let head_dim = width / heads;
     let storage = q.inner().dtype();
@@ -44,7 +55,11 @@ pub(crate) fn attention(
         let (qs, ks, vs) = (rows(&q)?, rows(&k)?, rows(&v)?);
         let mut per_head = Vec::with_capacity(heads);
         for h in 0..heads {
-            let cols = |t: &Tensor| t.narrow(1, h * head_dim, head_dim).and_then(|t| t.contiguous()).map_err(ce);
+            let cols = |t: &Tensor| {
+                t.narrow(1, h * head_dim, head_dim)
+                    .and_then(|t| t.contiguous())
+                    .map_err(ce)
+            };
             let (qh, kh, vh) = (cols(&qs)?, cols(&ks)?, cols(&vs)?);
             let scores = qh.matmul(&kh.t().map_err(ce)?).map_err(ce)?;
             let scores = (scores * scale as f64).map_err(ce)?;

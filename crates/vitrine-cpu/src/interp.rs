@@ -38,14 +38,20 @@ fn source_coordinate(scale: f32, dst: usize, align_corners: bool) -> f32 {
 /// Bilinear taps for output index `dst` of an `input → output` resize.
 pub fn bilinear_taps(input: usize, output: usize, dst: usize, align_corners: bool) -> AxisTaps<2> {
     if input == output {
-        return AxisTaps { index: [dst, dst], weight: [1.0, 0.0] };
+        return AxisTaps {
+            index: [dst, dst],
+            weight: [1.0, 0.0],
+        };
     }
     let scale = axis_scale(input, output, align_corners);
     let s = source_coordinate(scale, dst, align_corners).max(0.0);
     let i0 = (s.floor() as usize).min(input - 1);
     let l1 = (s - i0 as f32).clamp(0.0, 1.0);
     let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
-    AxisTaps { index: [i0, i1], weight: [1.0 - l1, l1] }
+    AxisTaps {
+        index: [i0, i1],
+        weight: [1.0 - l1, l1],
+    }
 }
 
 fn cubic_near(x: f32) -> f32 {
@@ -65,8 +71,18 @@ pub fn bicubic_taps(input: usize, output: usize, dst: usize, align_corners: bool
     let t = (s - floor as f32).clamp(0.0, 1.0);
     let clamp = |i: i64| i.clamp(0, input as i64 - 1) as usize;
     AxisTaps {
-        index: [clamp(floor - 1), clamp(floor), clamp(floor + 1), clamp(floor + 2)],
-        weight: [cubic_far(t + 1.0), cubic_near(t), cubic_near(1.0 - t), cubic_far(2.0 - t)],
+        index: [
+            clamp(floor - 1),
+            clamp(floor),
+            clamp(floor + 1),
+            clamp(floor + 2),
+        ],
+        weight: [
+            cubic_far(t + 1.0),
+            cubic_near(t),
+            cubic_near(1.0 - t),
+            cubic_far(2.0 - t),
+        ],
     }
 }
 

@@ -12,7 +12,9 @@ pub mod interp;
 mod rows;
 
 use candle_core::{DType as CDType, Device, Tensor};
-use vitrine_core::{Backend, DType, Error, HostData, HostTensor, ResizeSpec, Result, SeqLayout, TensorInfo};
+use vitrine_core::{
+    Backend, DType, Error, HostData, HostTensor, ResizeSpec, Result, SeqLayout, TensorInfo,
+};
 
 /// A tensor of the CPU backend.
 #[derive(Clone, Debug)]
@@ -87,13 +89,19 @@ pub(crate) fn from_f32(values: Vec<f32>, dims: &[usize], dtype: DType) -> Result
 fn expect_rank2(op: &str, x: &CpuTensor) -> Result<(usize, usize)> {
     match x.0.dims() {
         &[r, c] => Ok((r, c)),
-        d => Err(Error::shape(op, format!("expected a 2-D tensor, got {d:?}"))),
+        d => Err(Error::shape(
+            op,
+            format!("expected a 2-D tensor, got {d:?}"),
+        )),
     }
 }
 
 fn expect_vector(op: &str, v: &CpuTensor, len: usize) -> Result<()> {
     if v.0.dims() != [len] {
-        return Err(Error::shape(op, format!("expected a vector of {len}, got {:?}", v.0.dims())));
+        return Err(Error::shape(
+            op,
+            format!("expected a vector of {len}, got {:?}", v.0.dims()),
+        ));
     }
     Ok(())
 }
@@ -112,7 +120,9 @@ impl Backend for CpuBackend {
             HostData::F16(v) => Tensor::from_slice(v, dims, &Device::Cpu),
             HostData::BF16(v) => Tensor::from_slice(v, dims, &Device::Cpu),
         };
-        t.and_then(|t| t.to_dtype(to_candle_dtype(dtype))).map(CpuTensor).map_err(ce)
+        t.and_then(|t| t.to_dtype(to_candle_dtype(dtype)))
+            .map(CpuTensor)
+            .map_err(ce)
     }
 
     fn download(&self, x: &CpuTensor) -> Result<HostTensor> {
@@ -127,31 +137,52 @@ impl Backend for CpuBackend {
     }
 
     fn cast(&self, x: &CpuTensor, dtype: DType) -> Result<CpuTensor> {
-        x.0.to_dtype(to_candle_dtype(dtype)).map(CpuTensor).map_err(ce)
+        x.0.to_dtype(to_candle_dtype(dtype))
+            .map(CpuTensor)
+            .map_err(ce)
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> Result<CpuTensor> {
         let (n, k) = expect_rank2("linear input", x)?;
         let (m, kw) = expect_rank2("linear weight", w)?;
         if k != kw {
-            return Err(Error::shape("linear", format!("input [{n}, {k}] vs weight [{m}, {kw}]")));
+            return Err(Error::shape(
+                "linear",
+                format!("input [{n}, {k}] vs weight [{m}, {kw}]"),
+            ));
         }
         if let Some(b) = b {
             expect_vector("linear bias", b, m)?;
         }
         let f32_of = |t: &Tensor| t.to_dtype(CDType::F32).map_err(ce);
-        let mut y = f32_of(&x.0)?.matmul(&f32_of(&w.0)?.t().map_err(ce)?).map_err(ce)?;
+        let mut y = f32_of(&x.0)?
+            .matmul(&f32_of(&w.0)?.t().map_err(ce)?)
+            .map_err(ce)?;
         if let Some(b) = b {
             y = y.broadcast_add(&f32_of(&b.0)?).map_err(ce)?;
         }
-        y.to_dtype(to_candle_dtype(x.dtype())).map(CpuTensor).map_err(ce)
+        y.to_dtype(to_candle_dtype(x.dtype()))
+            .map(CpuTensor)
+            .map_err(ce)
     }
 
-    fn layer_norm(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+    fn layer_norm(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor> {
         let (r, c) = expect_rank2("layer_norm", x)?;
         expect_vector("layer_norm weight", w, c)?;
         expect_vector("layer_norm bias", b, c)?;
-        let y = rows::layer_norm(&f32_values(&x.0)?, c, &f32_values(&w.0)?, &f32_values(&b.0)?, eps);
+        let y = rows::layer_norm(
+            &f32_values(&x.0)?,
+            c,
+            &f32_values(&w.0)?,
+            &f32_values(&b.0)?,
+            eps,
+        );
         from_f32(y, &[r, c], x.dtype())
     }
 
@@ -172,10 +203,18 @@ impl Backend for CpuBackend {
         from_f32(rows::gelu(&f32_values(&x.0)?), x.0.dims(), x.dtype())
     }
 
-    fn residual(&self, x: &CpuTensor, r: &CpuTensor, gamma: Option<&CpuTensor>) -> Result<CpuTensor> {
+    fn residual(
+        &self,
+        x: &CpuTensor,
+        r: &CpuTensor,
+        gamma: Option<&CpuTensor>,
+    ) -> Result<CpuTensor> {
         let (n, c) = expect_rank2("residual", x)?;
         if r.0.dims() != [n, c] {
-            return Err(Error::shape("residual", format!("[{n}, {c}] + {:?}", r.0.dims())));
+            return Err(Error::shape(
+                "residual",
+                format!("[{n}, {c}] + {:?}", r.0.dims()),
+            ));
         }
         let g = match gamma {
             Some(g) => {
@@ -203,27 +242,46 @@ impl Backend for CpuBackend {
     fn resize(&self, grid: &CpuTensor, spec: &ResizeSpec) -> Result<CpuTensor> {
         let (n, c) = expect_rank2("resize", grid)?;
         if !spec.is_valid() || n != spec.in_h * spec.in_w {
-            return Err(Error::shape("resize", format!("grid [{n}, {c}] with {spec:?}")));
+            return Err(Error::shape(
+                "resize",
+                format!("grid [{n}, {c}] with {spec:?}"),
+            ));
         }
         let y = rows::resize(&f32_values(&grid.0)?, c, spec);
         from_f32(y, &[spec.window_h * spec.window_w, c], grid.dtype())
     }
 
-    fn patchify(&self, pixels: &CpuTensor, patch: usize, norm: Option<([f32; 3], [f32; 3])>) -> Result<CpuTensor> {
-        let dims: [usize; 4] = pixels
-            .0
-            .dims()
-            .try_into()
-            .map_err(|_| Error::shape("patchify", format!("expected [b, c, h, w], got {:?}", pixels.0.dims())))?;
+    fn patchify(
+        &self,
+        pixels: &CpuTensor,
+        patch: usize,
+        norm: Option<([f32; 3], [f32; 3])>,
+    ) -> Result<CpuTensor> {
+        let dims: [usize; 4] = pixels.0.dims().try_into().map_err(|_| {
+            Error::shape(
+                "patchify",
+                format!("expected [b, c, h, w], got {:?}", pixels.0.dims()),
+            )
+        })?;
         let [b, c, h, w] = dims;
         if patch == 0 || h % patch != 0 || w % patch != 0 {
-            return Err(Error::shape("patchify", format!("{h}x{w} is not a multiple of patch {patch}")));
+            return Err(Error::shape(
+                "patchify",
+                format!("{h}x{w} is not a multiple of patch {patch}"),
+            ));
         }
         if norm.is_some() && c != 3 {
-            return Err(Error::shape("patchify", format!("normalisation needs 3 channels, got {c}")));
+            return Err(Error::shape(
+                "patchify",
+                format!("normalisation needs 3 channels, got {c}"),
+            ));
         }
         let y = rows::patchify(&f32_values(&pixels.0)?, dims, patch, norm);
-        from_f32(y, &[b * (h / patch) * (w / patch), c * patch * patch], pixels.dtype())
+        from_f32(
+            y,
+            &[b * (h / patch) * (w / patch), c * patch * patch],
+            pixels.dtype(),
+        )
     }
 
     fn concat_rows(&self, parts: &[&CpuTensor]) -> Result<CpuTensor> {
@@ -234,16 +292,28 @@ impl Backend for CpuBackend {
     fn slice_rows(&self, x: &CpuTensor, start: usize, len: usize) -> Result<CpuTensor> {
         let (r, _) = expect_rank2("slice_rows", x)?;
         if start + len > r {
-            return Err(Error::shape("slice_rows", format!("rows {start}..{} of {r}", start + len)));
+            return Err(Error::shape(
+                "slice_rows",
+                format!("rows {start}..{} of {r}", start + len),
+            ));
         }
-        x.0.narrow(0, start, len).and_then(|t| t.contiguous()).map(CpuTensor).map_err(ce)
+        x.0.narrow(0, start, len)
+            .and_then(|t| t.contiguous())
+            .map(CpuTensor)
+            .map_err(ce)
     }
 
     fn slice_cols(&self, x: &CpuTensor, start: usize, len: usize) -> Result<CpuTensor> {
         let (_, c) = expect_rank2("slice_cols", x)?;
         if start + len > c {
-            return Err(Error::shape("slice_cols", format!("columns {start}..{} of {c}", start + len)));
+            return Err(Error::shape(
+                "slice_cols",
+                format!("columns {start}..{} of {c}", start + len),
+            ));
         }
-        x.0.narrow(1, start, len).and_then(|t| t.contiguous()).map(CpuTensor).map_err(ce)
+        x.0.narrow(1, start, len)
+            .and_then(|t| t.contiguous())
+            .map(CpuTensor)
+            .map_err(ce)
     }
 }

@@ -1,0 +1,209 @@
+//! The public entry point: a loaded model on one device, in one dtype.
+
+use std::path::Path;
+
+use vitrine_core::{Backend, DType, Error, HostTensor, Result};
+use vitrine_cpu::CpuBackend;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{self, ModelSpec};
+use crate::device::Device;
+use crate::models::radio::RadioSpec;
+use crate::models::{internvit, radio, Model};
+use crate::weights::{KeyMap, Weights};
+
+/// Host-side outputs for one image, fp32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    /// `[tokens, D]`: prefix tokens (cls, registers), then patch tokens.
+    pub last_hidden_state: HostTensor,
+    /// RADIO only: `[len(summary_idxs) · D]`, the chosen cls tokens concatenated.
+    pub summary: Option<HostTensor>,
+    /// RADIO only: `[h · w, D]`, the patch tokens in row-major order.
+    pub features: Option<HostTensor>,
+    /// Outputs of the requested blocks (`forward_intermediates`), `[tokens, D]`.
+    pub intermediates: Vec<HostTensor>,
+    /// Patch grid `(h, w)` of the image.
+    pub grid: (usize, usize),
+}
+
+/// What loading left unused (adaptor heads, teacher summaries...).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Checkpoint tensors the model did not read.
+    pub unused_tensors: Vec<String>,
+}
+
+trait Runner: Send + Sync {
+    fn forward(&self, groups: &[HostTensor], keep: &[usize]) -> Result<Vec<Embedding>>;
+    fn device_name(&self) -> String;
+}
+
+struct Loaded<B: Backend> {
+    backend: B,
+    model: Model<B>,
+    dtype: DType,
+}
+
+impl<B: Backend> Runner for Loaded<B> {
+    fn forward(&self, groups: &[HostTensor], keep: &[usize]) -> Result<Vec<Embedding>> {
+        let be = &self.backend;
+        // Pixels enter in the storage dtype, as `pixel_values.to(dtype)` does in HF.
+        let uploaded = groups
+            .iter()
+            .map(|g| be.upload(g, self.dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = self.model.forward(be, &uploaded, keep)?;
+        let host = |t: &B::Tensor| be.download(t).map(|h| h.to_dtype(DType::F32));
+        outputs
+            .iter()
+            .map(|o| {
+                let summary = match &o.summary {
+                    Some(s) => {
+                        let s = host(s)?;
+                        let n = s.numel();
+                        Some(s.reshape(vec![n])?)
+                    }
+                    None => None,
+                };
+                Ok(Embedding {
+                    last_hidden_state: host(&o.last_hidden_state)?,
+                    summary,
+                    features: o.features.as_ref().map(host).transpose()?,
+                    intermediates: o.intermediates.iter().map(host).collect::<Result<_>>()?,
+                    grid: o.grid,
+                })
+            })
+            .collect()
+    }
+
+    fn device_name(&self) -> String {
+        self.backend.name()
+    }
+}
+
+/// A ViT image encoder loaded on a device.
+///
+/// ```no_run
+/// use vitrine::{Device, DType, Encoder};
+/// use vitrine_core::HostTensor;
+///
+/// let enc = Encoder::from_dir("tests/fixtures/models/radio_v4".as_ref(), Device::Cpu, DType::F32)?;
+/// let pixels = HostTensor::from_f32(vec![1, 3, 32, 32], vec![0.5; 3 * 32 * 32])?;
+/// let out = enc.forward_pixels(&pixels)?;
+/// println!("summary has {} values", out[0].summary.as_ref().map_or(0, |s| s.numel()));
+/// # Ok::<(), vitrine_core::Error>(())
+/// ```
+pub struct Encoder {
+    runner: Box<dyn Runner>,
+    spec: ModelSpec,
+    dtype: DType,
+    report: LoadReport,
+}
+
+impl Encoder {
+    /// Loads a model directory (`config.json` + safetensors, any supported
+    /// layout) onto `device`, storing weights and activations as `dtype`.
+    pub fn from_dir(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let ckpt = Checkpoint::open(dir)?;
+        let spec = config::resolve(dir, &ckpt)?;
+        let map: KeyMap = match spec {
+            ModelSpec::Radio(_) => radio::KEYS,
+            ModelSpec::InternVit(_) => internvit::KEYS,
+        };
+        let runner: Box<dyn Runner> = match device {
+            Device::Cpu => {
+                let backend = CpuBackend::new();
+                let model = Model::load(
+                    &Weights::new(&ckpt, dir, map, &backend, dtype),
+                    spec.clone(),
+                )?;
+                Box::new(Loaded {
+                    backend,
+                    model,
+                    dtype,
+                })
+            }
+            other => return Err(other.not_compiled()),
+        };
+        let report = LoadReport {
+            unused_tensors: ckpt.unused(),
+        };
+        Ok(Self {
+            runner,
+            spec,
+            dtype,
+            report,
+        })
+    }
+
+    /// Runs a batch of same-size images `[b, 3, H, W]` (fp32). RADIO takes RGB
+    /// in [0, 1] and normalises inside; InternViT takes normalised pixels.
+    pub fn forward_pixels(&self, pixels: &HostTensor) -> Result<Vec<Embedding>> {
+        self.forward_groups(std::slice::from_ref(pixels), &[])
+    }
+
+    /// Runs groups of images of different sizes in one packed forward pass;
+    /// results come back in input order. `intermediates` lists blocks
+    /// (0-based) whose outputs to return as well.
+    pub fn forward_groups(
+        &self,
+        groups: &[HostTensor],
+        intermediates: &[usize],
+    ) -> Result<Vec<Embedding>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let depth = self.depth();
+        if let Some(bad) = intermediates.iter().find(|&&i| i >= depth) {
+            return Err(Error::InvalidArgument(format!(
+                "block {bad} does not exist (the model has {depth})"
+            )));
+        }
+        self.runner.forward(groups, intermediates)
+    }
+
+    /// The resolved model description.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// RADIO details, if this is a RADIO model.
+    pub fn radio_spec(&self) -> Option<&RadioSpec> {
+        match &self.spec {
+            ModelSpec::Radio(s) => Some(s),
+            ModelSpec::InternVit(_) => None,
+        }
+    }
+
+    /// Number of blocks.
+    pub fn depth(&self) -> usize {
+        match &self.spec {
+            ModelSpec::Radio(s) => s.trunk.depth,
+            ModelSpec::InternVit(s) => s.trunk.depth,
+        }
+    }
+
+    /// Patch size in pixels: input sides must be multiples of it.
+    pub fn patch_size(&self) -> usize {
+        match &self.spec {
+            ModelSpec::Radio(s) => s.patch,
+            ModelSpec::InternVit(s) => s.patch,
+        }
+    }
+
+    /// Storage dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Name of the device the model runs on.
+    pub fn device_name(&self) -> String {
+        self.runner.device_name()
+    }
+
+    /// What loading left unused.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+}

@@ -1,0 +1,65 @@
+//! Model files, one per architecture, generic over the backend.
+
+pub mod internvit;
+pub mod radio;
+pub mod vit;
+
+use vitrine_core::{Backend, Result, SeqLayout};
+
+use crate::config::ModelSpec;
+use crate::weights::Weights;
+
+/// Embedded tokens of a batch, packed, before the first block.
+pub struct Embedded<B: Backend> {
+    /// `[total, D]`.
+    pub x: B::Tensor,
+    /// Where each image's sequence lies in `x`.
+    pub seqs: SeqLayout,
+    /// Patch grid `(h, w)` of each image.
+    pub grids: Vec<(usize, usize)>,
+}
+
+/// Per-image device outputs of a forward pass.
+pub struct ImageOutputs<B: Backend> {
+    /// `[tokens, D]`: prefix tokens then patch tokens.
+    pub last_hidden_state: B::Tensor,
+    /// RADIO: `[len(summary_idxs), D]` cls tokens (flattened on download).
+    pub summary: Option<B::Tensor>,
+    /// RADIO: `[h·w, D]` patch tokens.
+    pub features: Option<B::Tensor>,
+    /// Outputs of the requested intermediate blocks, `[tokens, D]` each.
+    pub intermediates: Vec<B::Tensor>,
+    /// Patch grid `(h, w)`.
+    pub grid: (usize, usize),
+}
+
+/// A loaded model of either family.
+pub enum Model<B: Backend> {
+    /// NVIDIA RADIO.
+    Radio(radio::Radio<B>),
+    /// OpenGVLab InternViT.
+    InternVit(internvit::InternVit<B>),
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads the weights described by `spec`.
+    pub fn load(w: &Weights<B>, spec: ModelSpec) -> Result<Self> {
+        Ok(match spec {
+            ModelSpec::Radio(s) => Model::Radio(radio::Radio::load(w, s)?),
+            ModelSpec::InternVit(s) => Model::InternVit(internvit::InternVit::load(w, s)?),
+        })
+    }
+
+    /// Runs groups of same-size images `[b, 3, H, W]` as one packed batch.
+    pub fn forward(
+        &self,
+        be: &B,
+        groups: &[B::Tensor],
+        keep: &[usize],
+    ) -> Result<Vec<ImageOutputs<B>>> {
+        match self {
+            Model::Radio(m) => m.forward(be, groups, keep),
+            Model::InternVit(m) => m.forward(be, groups, keep),
+        }
+    }
+}
