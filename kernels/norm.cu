@@ -1,0 +1,92 @@
+// norm.cu: LayerNorm and RMSNorm over the last axis of row-major matrices.
+//
+// Statistics are two-pass in fp32 (mean first, then the centred sum of
+// squares): LayerNorm eps is 1e-6 here, so cancellation in a one-pass
+// E[x^2] - E[x]^2 would be visible against PyTorch. Rows are short (at most
+// a few thousand elements) and are re-read from cache, so the extra pass is
+// cheap next to the GEMMs around it.
+//
+// Both kernels accept a row stride for input and output, so they can work
+// on column slices of a wider buffer (qk-norm on the q and k thirds of a
+// fused qkv matrix). In-place use (y == x, ldy == ldx) is safe: each element
+// is read and written by the same thread, and all reads of a row finish at
+// the reductions' barriers before any write.
+//
+// Launch (both kernels):
+//   grid  = (g, 1, 1), any g >= 1; block b handles rows b, b+g, b+2g, ...
+//           (g = rows gives one block per row);
+//   block = (n, 1, 1), n a multiple of the device wave size, n <= 1024;
+//   shared memory: static only (one float per warp), pass 0 dynamic bytes.
+#include "vt_common.cuh"
+
+template <typename T>
+VT_DEVICE void layer_norm_rows(const T* x, int ldx, const T* w, const T* b, T* y, int ldy,
+                               int rows, int cols, float eps) {
+  __shared__ float scratch[VT_MAX_WARPS];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + (long)r * ldx;
+    T* yr = y + (long)r * ldy;
+
+    float s = 0.0f;
+    for (int c = tid; c < cols; c += nt) s += vt_to_f32(xr[c]);
+    const float mean = vt_block_sum(s, scratch) / (float)cols;
+
+    float q = 0.0f;
+    for (int c = tid; c < cols; c += nt) {
+      const float d = vt_to_f32(xr[c]) - mean;
+      q += d * d;
+    }
+    const float var = vt_block_sum(q, scratch) / (float)cols;
+    const float rstd = vt_rsqrtf(var + eps);
+
+    for (int c = tid; c < cols; c += nt) {
+      const float g = w ? vt_to_f32(w[c]) : 1.0f;
+      const float o = b ? vt_to_f32(b[c]) : 0.0f;
+      yr[c] = vt_from_f32<T>((vt_to_f32(xr[c]) - mean) * rstd * g + o);
+    }
+  }
+}
+
+// HF RMSNorm (InternViT): the normalised value is rounded to T *before* the
+// weight multiply, and the product is rounded again, exactly as
+// `weight * hidden.to(input_dtype)` does. For f32 both roundings vanish.
+template <typename T>
+VT_DEVICE void rms_norm_rows(const T* x, int ldx, const T* w, T* y, int ldy, int rows, int cols,
+                             float eps) {
+  __shared__ float scratch[VT_MAX_WARPS];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + (long)r * ldx;
+    T* yr = y + (long)r * ldy;
+
+    float q = 0.0f;
+    for (int c = tid; c < cols; c += nt) {
+      const float v = vt_to_f32(xr[c]);
+      q += v * v;
+    }
+    const float rinv = vt_rsqrtf(vt_block_sum(q, scratch) / (float)cols + eps);
+
+    for (int c = tid; c < cols; c += nt) {
+      const float n = vt_round_through<T>(vt_to_f32(xr[c]) * rinv);
+      const float g = w ? vt_to_f32(w[c]) : 1.0f;
+      yr[c] = vt_from_f32<T>(n * g);
+    }
+  }
+}
+
+// w and b may be NULL (no scale / no shift).
+#define VT_LAYER_NORM(sfx, T)                                                               \
+  VT_KERNEL vt_layer_norm_##sfx(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, \
+                                int rows, int cols, float eps) {                            \
+    layer_norm_rows<T>(x, ldx, w, b, y, ldy, rows, cols, eps);                              \
+  }
+VT_FOR_EACH_DTYPE(VT_LAYER_NORM)
+
+// w may be NULL (no scale).
+#define VT_RMS_NORM(sfx, T)                                                                \
+  VT_KERNEL vt_rms_norm_##sfx(const T* x, int ldx, const T* w, T* y, int ldy, int rows,    \
+                              int cols, float eps) {                                       \
+    rms_norm_rows<T>(x, ldx, w, y, ldy, rows, cols, eps);                                  \
+  }
+VT_FOR_EACH_DTYPE(VT_RMS_NORM)
