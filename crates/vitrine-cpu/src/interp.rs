@@ -17,13 +17,16 @@ pub struct AxisTaps<const N: usize> {
     pub weight: [f32; N],
 }
 
+/// ATen's `area_pixel_compute_scale` for a `size=` call: note that a
+/// one-pixel output has scale 0 only with `align_corners`; without it the
+/// scale stays `in / out` and the sample sits at the input's centre.
 fn axis_scale(input: usize, output: usize, align_corners: bool) -> f32 {
-    if output <= 1 {
-        0.0
-    } else if align_corners {
+    if !align_corners {
+        input as f32 / output as f32
+    } else if output > 1 {
         (input - 1) as f32 / (output - 1) as f32
     } else {
-        input as f32 / output as f32
+        0.0
     }
 }
 

@@ -61,3 +61,13 @@ impl Device {
         ))
     }
 }
+
+/// Checks that `device` is built in and present, without loading a model.
+/// Suites use it to report absent backends, and to fail when a required one
+/// is absent.
+pub fn probe(device: Device) -> Result<(), Error> {
+    match device {
+        Device::Cpu => Ok(()),
+        other => Err(other.not_compiled()),
+    }
+}

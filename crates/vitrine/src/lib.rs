@@ -12,9 +12,10 @@ pub mod checkpoint;
 pub mod config;
 mod device;
 mod encoder;
+pub mod io;
 pub mod models;
 pub mod weights;
 
-pub use device::Device;
+pub use device::{probe, Device};
 pub use encoder::{Embedding, Encoder, LoadReport};
 pub use vitrine_core::{DType, Error, HostTensor, Result};

@@ -36,11 +36,17 @@ fn keys(name: &str) -> Vec<Source> {
     let key = |s: String| Source::Key(s);
     let mut out = Vec::new();
     let stored = |n: &str| [format!("radio_model.{n}"), n.to_string()];
-    if name.ends_with(".ls1") || name.ends_with(".ls2") {
-        // timm's LayerScale parameter is `gamma` (renamed `grandma` by NVlabs).
+    if let Some(block) = name
+        .strip_suffix(".ls1")
+        .or_else(|| name.strip_suffix(".ls2"))
+    {
+        // timm's LayerScale parameter is `gamma` (renamed `grandma` by NVlabs);
+        // transformers' `save_pretrained` writes `layer_scale{1,2}.lambda1`.
+        let j = &name[name.len() - 1..];
         for suffix in [".gamma", ".grandma", ""] {
             out.extend(stored(&format!("{name}{suffix}")).map(key));
         }
+        out.extend(stored(&format!("{block}.layer_scale{j}.lambda1")).map(key));
     } else {
         out.extend(stored(name).map(key));
     }

@@ -1,0 +1,160 @@
+//! Shared by the parity and op suites: fixture access, error metrics, and
+//! the list of backends under test (with the "required" rule that keeps a
+//! suite from passing by skipping a platform).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use vitrine::Device;
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+}
+
+/// The fixture manifest.
+pub fn manifest() -> serde_json::Value {
+    let path = fixtures().join("MANIFEST.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("MANIFEST.json parses")
+}
+
+/// A tensor read in f64, with its shape.
+#[derive(Clone, Debug)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// Reads every tensor of a safetensors file, widened to f64.
+pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, Array> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let b = view.data();
+            let data: Vec<f64> = match view.dtype() {
+                Dtype::F64 => b
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Dtype::F32 => b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F16 => b
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
+                Dtype::BF16 => b
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (
+                name,
+                Array {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Error of `ours` against `truth`, both viewed as rows of `width`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Metrics {
+    /// ‖ours − truth‖ / ‖truth‖ over finite values.
+    pub rel_l2: f64,
+    /// Mean over rows of the cosine between row vectors.
+    pub mean_cos: f64,
+    /// Smallest row cosine.
+    pub min_cos: f64,
+    /// Largest absolute difference.
+    pub max_abs: f64,
+    /// NaN or infinite values in `ours`, counted separately.
+    pub non_finite: usize,
+}
+
+pub fn metrics(ours: &[f64], truth: &[f64], width: usize) -> Metrics {
+    assert_eq!(ours.len(), truth.len(), "length mismatch");
+    assert!(width > 0 && ours.len() % width == 0);
+    let non_finite = ours.iter().filter(|v| !v.is_finite()).count();
+    let (mut num, mut den, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &t) in ours.iter().zip(truth) {
+        if a.is_finite() {
+            num += (a - t) * (a - t);
+            max_abs = max_abs.max((a - t).abs());
+        }
+        den += t * t;
+    }
+    let (mut sum_cos, mut min_cos, rows) = (0.0, f64::INFINITY, ours.len() / width);
+    for (a, t) in ours.chunks(width).zip(truth.chunks(width)) {
+        let dot: f64 = a.iter().zip(t).map(|(x, y)| x * y).sum();
+        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nt: f64 = t.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = if na == 0.0 && nt == 0.0 {
+            1.0
+        } else {
+            dot / (na * nt)
+        };
+        let cos = if cos.is_finite() { cos } else { -1.0 };
+        sum_cos += cos;
+        min_cos = min_cos.min(cos);
+    }
+    Metrics {
+        rel_l2: (num / den.max(f64::MIN_POSITIVE)).sqrt(),
+        mean_cos: sum_cos / rows as f64,
+        min_cos,
+        max_abs,
+        non_finite,
+    }
+}
+
+/// Backends whose results the suites produce, from what is compiled in and
+/// `VITRINE_REQUIRE_BACKENDS` (comma list, e.g. `cpu,cuda`).
+pub struct BackendPlan {
+    /// Devices to test.
+    pub run: Vec<Device>,
+    /// Backends left out, with the reason, printed loudly.
+    pub skipped: Vec<String>,
+}
+
+/// Decides which backends to run. A backend named in
+/// `VITRINE_REQUIRE_BACKENDS` that is not compiled in or does not initialise
+/// fails the suite here, with the reason.
+pub fn backend_plan() -> BackendPlan {
+    let required: Vec<String> = std::env::var("VITRINE_REQUIRE_BACKENDS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut run = vec![Device::Cpu];
+    let mut skipped = Vec::new();
+    for (name, device) in [("cuda", Device::Cuda(0)), ("hip", Device::Hip(0))] {
+        match vitrine::probe(device) {
+            Ok(()) => run.push(device),
+            Err(reason) => {
+                if required.iter().any(|r| r == name) {
+                    panic!("backend {name} is required (VITRINE_REQUIRE_BACKENDS) but unavailable: {reason}");
+                }
+                skipped.push(format!("{name}: SKIPPED ({reason})"));
+            }
+        }
+    }
+    for r in &required {
+        if !["cpu", "cuda", "hip"].contains(&r.as_str()) {
+            panic!("VITRINE_REQUIRE_BACKENDS names unknown backend `{r}`");
+        }
+    }
+    BackendPlan { run, skipped }
+}
