@@ -158,3 +158,51 @@ pub fn backend_plan() -> BackendPlan {
     }
     BackendPlan { run, skipped }
 }
+
+/// Deterministic pseudo-random numbers (SplitMix64), so every run feeds the
+/// same inputs and a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+
+    /// Approximately standard normal (sum of uniforms).
+    pub fn normal(&mut self) -> f32 {
+        (0..6).map(|_| self.uniform(-1.0, 1.0)).sum::<f32>() / 2.0f32.sqrt()
+    }
+
+    pub fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+/// Normalised mean squared error, ggml's `test-backend-ops` metric:
+/// mse(ours, reference) / mse(reference, 0), over finite values; plus the
+/// count of NaN/Inf in `ours`.
+pub fn nmse(ours: &[f64], reference: &[f64]) -> (f64, usize) {
+    let bad = ours.iter().filter(|v| !v.is_finite()).count();
+    let (mut err, mut norm) = (0.0, 0.0);
+    for (&a, &r) in ours.iter().zip(reference) {
+        if a.is_finite() {
+            err += (a - r) * (a - r);
+        }
+        norm += r * r;
+    }
+    (err / norm.max(f64::MIN_POSITIVE), bad)
+}
