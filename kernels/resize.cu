@@ -19,10 +19,13 @@
 // multiple of the wave size; no shared memory.
 #include "vt_common.cuh"
 
-// PyTorch's area_pixel_compute_scale for an explicit output size.
+// PyTorch's area_pixel_compute_scale for an explicit output size. Only the
+// align_corners branch special-cases a 1-wide output (scale 0, the first
+// pixel); without align_corners the scale stays in/out, so a 1-wide output
+// samples the input's centre. Checked against F.interpolate on the GPU.
 VT_DEVICE float resize_scale(int in, int out, int align_corners) {
-  if (out <= 1) return 0.0f;
-  return align_corners ? (float)(in - 1) / (float)(out - 1) : (float)in / (float)out;
+  if (align_corners) return out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+  return (float)in / (float)out;
 }
 
 // PyTorch's area_pixel_compute_source_index, without the linear-mode clamp.

@@ -21,8 +21,14 @@ Two references per case:
           only the arithmetic precision differs;
   torch   PyTorch's own operator in the kernel's dtype (the parity target).
 Gates: f32 NMSE(out, ref64) <= 1e-12 (1e-10 for attention's long fp32
-sums); f16/bf16 at most 1 ulp from round(ref64) (2 for RMSNorm, which
-rounds twice by definition); bit-exact ops must be bit-exact.
+sums); f16/bf16 error beyond the final rounding <= 2^-16 of max|ref| and
+NMSE at the pure-rounding level (RMSNorm, which rounds twice by
+definition: at most 2 ulp from its float64 twin); bit-exact ops (casts,
+copies, un-normalised patchify) bit-exact. PyTorch-op differences are
+reported, not gated.
+
+Under compute-sanitizer pass --no-native: PyTorch 2.11's own flash SDPA
+kernel trips memcheck on its own buffers.
 """
 import argparse
 import ctypes
@@ -42,6 +48,10 @@ INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat
 GUARD = 1031  # elements of poison after every output buffer
 NMSE_F32 = 1e-12
 NMSE_F32_ATTN = 1e-10
+# f16/bf16: error beyond the final rounding, relative to max|ref| (see record).
+EXCESS_HALF = 2.0 ** -16
+# Pure final-rounding NMSE is ~4e-8 (f16) and ~3e-6 (bf16) on these inputs.
+NMSE_HALF = {"f16": 1e-7, "bf16": 6e-6}
 
 
 # --------------------------------------------------------------------------
@@ -199,8 +209,13 @@ def nmse(out, ref):
 RESULTS = []
 
 
+NATIVE = True
+
+
 def try_native(fn):
     """PyTorch's own op, or None where it does not support the case."""
+    if not NATIVE:
+        return None
     try:
         return fn()
     except Exception as exc:  # a missing PyTorch kernel is not our failure
@@ -208,31 +223,66 @@ def try_native(fn):
         return None
 
 
-def record(op, dt, variant, desc, out, ref64, *, canvas=None, native=None, ulp_limit=1,
-           nmse_limit=NMSE_F32, exact=False):
-    """Compares one kernel output; appends a row to RESULTS."""
+def ulp_spacing(ref64, dtype):
+    """Distance between adjacent values of `dtype` around each |ref64|."""
+    mant, emin = {torch.float16: (10, -14), torch.bfloat16: (7, -126), torch.float32: (23, -126)}[dtype]
+    e = torch.floor(torch.log2(ref64.abs().clamp_min(2.0 ** emin)))
+    return torch.exp2(e - mant)
+
+
+def record(op, dt, variant, desc, out, ref64, *, canvas=None, native=None, exact=False,
+           ulp_limit=None, nmse_limit=NMSE_F32):
+    """Compares one kernel output; appends a row to RESULTS.
+
+    f16/bf16 outputs are judged by their error beyond the final rounding:
+    excess = max(0, |out - ref64| - ulp/2) / max|ref64|. A correct kernel
+    leaves only fp32-level error there (~1e-7); a wrong rounding or a
+    missed term shows up at the 1e-4..1e-2 level. (Plain ulp counts are
+    useless near zero, where fp32 cancellation spans many small-value ulps.)
+    """
     dtype = DTYPES[dt]
     out = out.clone()
+    ref64 = ref64.double()
     ref_t = ref64.to(dtype)
-    unwritten = int(torch.isnan(out).sum().item() - torch.isnan(ref_t).sum().item())
+    nan_out, nan_ref = torch.isnan(out), torch.isnan(ref_t)
+    nan_mismatch = int((nan_out ^ nan_ref).sum().item())
+    unwritten = max(int(nan_out.sum().item() - nan_ref.sum().item()), 0)
     e, mabs = nmse(out, ref64)
-    ulp = max_ulp(out, ref_t)
-    nat_e, nat_ulp = (None, None)
+    fin = torch.isfinite(ref64) & torch.isfinite(out.double())
+    scale = ref64[fin].abs().max().item() if fin.any() else 1.0
+    scale = scale if scale > 0 else 1.0
+    iv = INT_VIEW[dtype]
+    same = (out.contiguous().view(iv) == ref_t.contiguous().view(iv)) | (nan_out & nan_ref)
+    n_same = int(same.sum().item())
+    eq = n_same / same.numel() if same.numel() else 1.0
+    ulp, excess = None, None
+    if dtype != torch.float32:
+        ulp = max_ulp(out, ref_t)
+        err = (out.double() - ref64).abs() - 0.5 * ulp_spacing(ref64, dtype)
+        excess = (err[fin].clamp_min(0).max().item() / scale) if fin.any() else 0.0
+    nat_e = nat_rel = None
     if native is not None:
-        nat_e, _ = nmse(out, native)
-        nat_ulp = max_ulp(out, native.to(dtype))
+        nat_e, nat_abs = nmse(out, native)
+        nat_rel = nat_abs / scale
     oob = canvas.untouched_violations() if canvas is not None else 0
-    nan_mismatch = int((torch.isnan(out) ^ torch.isnan(ref_t)).sum().item())
     if exact:
-        ok = ulp == 0
-    elif dt == "f32":
+        ok = n_same == same.numel()
+    elif dtype == torch.float32:
         ok = e <= nmse_limit
-    else:
+    elif ulp_limit is not None:
         ok = ulp <= ulp_limit
+    else:
+        ok = excess <= EXCESS_HALF and e <= NMSE_HALF[dt]
     ok = ok and oob == 0 and nan_mismatch == 0
-    RESULTS.append(dict(op=op, dt=dt, var=variant, desc=desc, nmse=e, maxabs=mabs, ulp=ulp,
-                        nat_nmse=nat_e, nat_ulp=nat_ulp, oob=oob, unwritten=max(unwritten, 0),
-                        nan=nan_mismatch, ok=ok))
+    RESULTS.append(dict(op=op, dt=dt, var=variant, desc=desc, nmse=e, maxabs=mabs, rel=mabs / scale,
+                        eq=eq, ulp=ulp, excess=excess, nat_nmse=nat_e, nat_rel=nat_rel, oob=oob,
+                        unwritten=unwritten, nan=nan_mismatch, ok=ok))
+
+
+def failed_row(op, dt, variant, desc):
+    return dict(op=op, dt=dt, var=variant, desc=desc, nmse=float("nan"), maxabs=float("nan"),
+                rel=float("nan"), eq=0.0, ulp=None, excess=None, nat_nmse=None, nat_rel=None, oob=0,
+                unwritten=0, nan=0, ok=False)
 
 
 def guarded(fn, op, dt, variant, desc):
@@ -240,9 +290,7 @@ def guarded(fn, op, dt, variant, desc):
         fn()
     except Exception as exc:  # one broken case must not hide the others
         traceback.print_exc()
-        RESULTS.append(dict(op=op, dt=dt, var=variant, desc=desc + f" EXC {type(exc).__name__}: {exc}",
-                            nmse=float("nan"), maxabs=float("nan"), ulp=-1, nat_nmse=None,
-                            nat_ulp=None, oob=0, unwritten=0, nan=0, ok=False))
+        RESULTS.append(failed_row(op, dt, variant, desc + f" EXC {type(exc).__name__}: {exc}"))
 
 
 def grid_for(n, block, cap=1 << 16):
@@ -268,7 +316,7 @@ def check_layer_norm(K, dt, g):
             b = (0.1 * torch.randn(cols, generator=g, device=DEV)).to(dtype)
             eps = 1e-6
             ref = F.layer_norm(x.double(), (cols,), w.double(), b.double(), eps)
-            nat = F.layer_norm(x, (cols,), w, b, eps)
+            nat = try_native(lambda: F.layer_norm(x, (cols,), w, b, eps))
             c = Canvas(dtype, rows, cols, ld + 5)
             K(f"vt_layer_norm_{dt}", grid, block, P(xb), I(ld), P(w), P(b), P(c.buf), I(c.ld), I(rows),
               I(cols), F32(eps))
@@ -304,7 +352,7 @@ def check_rms_norm(K, dt, g):
             K(f"vt_rms_norm_{dt}", grid, block, P(x), I(cols), P(w), P(c.buf), I(c.ld), I(rows),
               I(cols), F32(eps))
             record("rms_norm", dt, K.variant, desc, c.view(), ref_of(x, w), canvas=c,
-                   native=hf_rms_norm(x, w, eps), ulp_limit=2)
+                   native=try_native(lambda: hf_rms_norm(x, w, eps)), ulp_limit=2)
 
         guarded(run, "rms_norm", dt, K.variant, desc)
 
@@ -330,7 +378,8 @@ def check_rms_norm(K, dt, g):
         tail = c.buf[rows * ld:]
         tail_ok = bool(torch.isnan(tail).all().item())
         record("rms_norm", dt, K.variant, desc, out[:, :2 * D], torch.cat([refq, refk], 1),
-               native=torch.cat([hf_rms_norm(qkv[:, :D], w, eps), hf_rms_norm(qkv[:, D:2 * D], w, eps)], 1),
+               native=try_native(lambda: torch.cat([hf_rms_norm(qkv[:, :D], w, eps),
+                                                    hf_rms_norm(qkv[:, D:2 * D], w, eps)], 1)),
                ulp_limit=2)
         if not (same and tail_ok):
             RESULTS[-1]["oob"] += 1
@@ -351,7 +400,7 @@ def check_gelu(K, dt, g):
             ref = 0.5 * x64 * (1 + torch.special.erf(x64 / math.sqrt(2)))
             c = Canvas(dtype, 1, n)
             K(f"vt_gelu_{dt}", grid, block, P(x), P(c.buf), L(n))
-            record("gelu", dt, K.variant, desc, c.view()[0], ref, canvas=c, native=F.gelu(x))
+            record("gelu", dt, K.variant, desc, c.view()[0], ref, canvas=c, native=try_native(lambda: F.gelu(x)))
 
         guarded(run, "gelu", dt, K.variant, desc)
 
@@ -367,7 +416,7 @@ def check_residual(K, dt, g):
             r = torch.randn(rows, cols, generator=g, device=DEV).to(dtype)
             gam = (0.1 * torch.randn(cols, generator=g, device=DEV)).to(dtype) if with_gamma else None
             ref = x.double() + (gam.double() if with_gamma else 1.0) * r.double()
-            nat = x + (gam * r if with_gamma else r)
+            nat = try_native(lambda: x + (gam * r if with_gamma else r))
             n = rows * cols
             if inplace:
                 c = Canvas(dtype, rows, cols, fill=x)
@@ -438,7 +487,7 @@ def check_cast(K, g):
 
 # --- resize ------------------------------------------------------------------
 def f32_scale(inp, out, align):
-    if out <= 1:
+    if align and out <= 1:
         return torch.tensor(0.0, dtype=torch.float32)
     num = torch.tensor(float(inp - 1 if align else inp), dtype=torch.float32)
     den = torch.tensor(float(out - 1 if align else out), dtype=torch.float32)
@@ -610,9 +659,11 @@ def check_attention(K, dt, g):
                 vs = v[a:b].double().view(b - a, heads, hd).transpose(0, 1)
                 p = torch.softmax((qs @ ks.transpose(1, 2)) * scale, -1)
                 ref[a:b] = (p @ vs).transpose(0, 1).reshape(b - a, D)
-                qn = q[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None]
-                kn = k[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None]
-                vn = v[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None]
+                # Contiguous copies: PyTorch's fused SDPA kernels reject (or, in
+                # 2.11's flash path, mishandle) views with an odd row stride.
+                qn = q[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None].contiguous()
+                kn = k[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None].contiguous()
+                vn = v[a:b].reshape(b - a, heads, hd).transpose(0, 1)[None].contiguous()
                 o = sdpa(qn, kn, vn)
                 if o is None:
                     nat = None
@@ -638,12 +689,14 @@ def fmt(v, spec):
 
 
 def report(out_dir):
-    cols = ["op", "dt", "var", "ok", "nmse", "maxabs", "ulp", "nat_nmse", "nat_ulp", "oob", "unwritten", "desc"]
+    cols = ["op", "dt", "var", "ok", "nmse", "maxabs", "rel", "eq", "ulp", "excess", "nat_nmse", "nat_rel",
+            "oob", "unwritten", "desc"]
     lines = ["\t".join(cols)]
     for r in RESULTS:
         lines.append("\t".join([r["op"], r["dt"], r["var"], "ok" if r["ok"] else "FAIL", fmt(r["nmse"], ".2e"),
-                                fmt(r["maxabs"], ".2e"), str(r["ulp"]), fmt(r["nat_nmse"], ".2e"),
-                                fmt(r["nat_ulp"], "d"), str(r["oob"]), str(r["unwritten"]), r["desc"]]))
+                                fmt(r["maxabs"], ".2e"), fmt(r["rel"], ".2e"), fmt(r["eq"], ".4f"),
+                                fmt(r["ulp"], "d"), fmt(r["excess"], ".2e"), fmt(r["nat_nmse"], ".2e"),
+                                fmt(r["nat_rel"], ".2e"), str(r["oob"]), str(r["unwritten"]), r["desc"]]))
     full = "\n".join(lines) + "\n"
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -655,22 +708,26 @@ def report(out_dir):
         print("\nFAILED CASES:")
         for r in fails:
             print(f"  {r['op']} {r['dt']} {r['var']}: {r['desc']} nmse={fmt(r['nmse'], '.2e')} "
-                  f"ulp={r['ulp']} oob={r['oob']} unwritten={r['unwritten']} nan={r['nan']}")
+                  f"excess={fmt(r['excess'], '.2e')} ulp={fmt(r['ulp'], 'd')} oob={r['oob']} "
+                  f"unwritten={r['unwritten']} nan={r['nan']}")
 
     # Worst case per (op, dtype) over all shapes and both load paths.
     groups = {}
     for r in RESULTS:
         groups.setdefault((r["op"], r["dt"]), []).append(r)
-    print("\nworst per op and dtype (ref64 = float64 formula; torch = PyTorch op in the same dtype)")
-    hdr = f"{'op':<18}{'dt':<5}{'cases':>6}{'fail':>5}{'nmse_ref64':>12}{'maxabs':>10}{'ulp':>5}{'nmse_torch':>12}{'ulp_t':>6}{'oob':>4}"
-    print(hdr)
+    print("\nworst case per op and dtype, over shapes and load paths")
+    print("  ref64: the formula in float64 on the same inputs; rel = max|out-ref|/max|ref|;")
+    print("  eq: min fraction bit-equal to round(ref64); excess: error beyond the final rounding / max|ref|;")
+    print("  torch: PyTorch's op in the kernel's dtype")
+    print(f"{'op':<16}{'dt':<5}{'n':>4}{'fail':>5}{'nmse_ref64':>11}{'rel_ref64':>10}{'eq':>8}"
+          f"{'excess':>9}{'nmse_torch':>11}{'rel_torch':>10}{'oob':>4}")
     for (op, dt), rs in groups.items():
-        def worst(key):
+        def worst(key, fn=max):
             vals = [r[key] for r in rs if r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
-            return max(vals) if vals else None
-        print(f"{op:<18}{dt:<5}{len(rs):>6}{sum(not r['ok'] for r in rs):>5}{fmt(worst('nmse'), '.2e'):>12}"
-              f"{fmt(worst('maxabs'), '.1e'):>10}{fmt(worst('ulp'), 'd'):>5}{fmt(worst('nat_nmse'), '.2e'):>12}"
-              f"{fmt(worst('nat_ulp'), 'd'):>6}{sum(r['oob'] for r in rs):>4}")
+            return fn(vals) if vals else None
+        print(f"{op:<16}{dt:<5}{len(rs):>4}{sum(not r['ok'] for r in rs):>5}{fmt(worst('nmse'), '.1e'):>11}"
+              f"{fmt(worst('rel'), '.1e'):>10}{fmt(worst('eq', min), '.4f'):>8}{fmt(worst('excess'), '.1e'):>9}"
+              f"{fmt(worst('nat_nmse'), '.1e'):>11}{fmt(worst('nat_rel'), '.1e'):>10}{sum(r['oob'] for r in rs):>4}")
     n_ok = sum(r["ok"] for r in RESULTS)
     print(f"\n{n_ok} passed, {len(RESULTS) - n_ok} failed")
     return not fails
@@ -683,8 +740,12 @@ def main():
     ap.add_argument("--variants", default="fatbin,ptx")
     ap.add_argument("--ops", default="all", help="comma list: norm,gelu,residual,copy,cast,resize,patchify,attention")
     ap.add_argument("--dtypes", default="f32,f16,bf16")
+    ap.add_argument("--no-native", action="store_true",
+                    help="skip PyTorch-op references (e.g. under compute-sanitizer, which flags PyTorch's own kernels)")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
+    global NATIVE
+    NATIVE = not args.no_native
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  cuda {torch.version.cuda}")
     drv = Driver()
@@ -702,9 +763,7 @@ def main():
             K = Kernels(drv, args.kernels, variant)
         except Exception as exc:
             traceback.print_exc()
-            RESULTS.append(dict(op="load", dt="-", var=variant, desc=f"EXC {exc}", nmse=float("nan"),
-                                maxabs=float("nan"), ulp=-1, nat_nmse=None, nat_ulp=None, oob=0,
-                                unwritten=0, nan=0, ok=False))
+            RESULTS.append(failed_row("load", "-", variant, f"EXC {exc}"))
             continue
         g = torch.Generator(device=DEV)
         g.manual_seed(args.seed)
