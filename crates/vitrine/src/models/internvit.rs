@@ -17,7 +17,7 @@ use vitrine_core::{Backend, ResizeMode, ResizeSpec, Result, SeqLayout};
 
 use crate::models::radio::image_grid;
 use crate::models::vit::{Linear, Trunk, TrunkSpec};
-use crate::models::{Embedded, ImageOutputs};
+use crate::models::{Embedded, GridCache, ImageOutputs};
 use crate::weights::{Source, Weights};
 
 /// Canonical name of the class embedding `[1, 1, D]`.
@@ -100,6 +100,7 @@ pub struct InternVit<B: Backend> {
     /// `[G·G, D]`, channels-last grid.
     position_grid: B::Tensor,
     layers: Trunk<B>,
+    position_cache: GridCache<B::Tensor>,
 }
 
 impl<B: Backend> InternVit<B> {
@@ -126,6 +127,7 @@ impl<B: Backend> InternVit<B> {
             position_cls: be.slice_rows(&table, 0, 1)?,
             position_grid: be.slice_rows(&table, 1, g * g)?,
             layers: Trunk::load(w, BLOCKS, &spec.trunk)?,
+            position_cache: GridCache::new(),
             spec,
         })
     }
@@ -156,7 +158,9 @@ impl<B: Backend> InternVit<B> {
             let tokens = self
                 .patch_embedding
                 .forward(be, &be.patchify(pixels, p, None)?)?;
-            let pos = self.position_patches(be, h, w)?;
+            let pos = self
+                .position_cache
+                .get_or_try((h, w), || self.position_patches(be, h, w))?;
             let tokens = be.residual(&tokens, &be.concat_rows(&vec![&pos; b])?, None)?;
             for i in 0..b {
                 parts.push(cls.clone());

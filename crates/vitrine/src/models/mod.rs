@@ -4,6 +4,9 @@ pub mod internvit;
 pub mod radio;
 pub mod vit;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use vitrine_core::{Backend, Result, SeqLayout};
 
 use crate::config::ModelSpec;
@@ -61,5 +64,37 @@ impl<B: Backend> Model<B> {
             Model::Radio(m) => m.forward(be, groups, keep),
             Model::InternVit(m) => m.forward(be, groups, keep),
         }
+    }
+}
+
+/// Position embeddings already resized for a patch grid, so repeated image
+/// sizes skip the resize (RADIO's full 128² table costs tens of ms per resize
+/// on a CPU). The values are a pure function of the grid, so caching cannot
+/// change results.
+pub(crate) struct GridCache<T> {
+    entries: Mutex<HashMap<(usize, usize), T>>,
+}
+
+impl<T: Clone> GridCache<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached value for `grid`, computing it on a miss.
+    pub(crate) fn get_or_try(
+        &self,
+        grid: (usize, usize),
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if let Some(hit) = self.entries.lock().ok().and_then(|m| m.get(&grid).cloned()) {
+            return Ok(hit);
+        }
+        let value = make()?;
+        if let Ok(mut m) = self.entries.lock() {
+            m.insert(grid, value.clone());
+        }
+        Ok(value)
     }
 }

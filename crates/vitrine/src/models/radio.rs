@@ -16,7 +16,7 @@
 use vitrine_core::{Backend, DType, Error, ResizeMode, ResizeSpec, Result, SeqLayout, TensorInfo};
 
 use crate::models::vit::{Linear, Trunk, TrunkSpec};
-use crate::models::{Embedded, ImageOutputs};
+use crate::models::{Embedded, GridCache, ImageOutputs};
 use crate::weights::{Source, Weights};
 
 /// Canonical name of the patch projection.
@@ -124,6 +124,7 @@ pub struct Radio<B: Backend> {
     /// `[ncls + nreg, D]`.
     cls_token: B::Tensor,
     blocks: Trunk<B>,
+    cpe_cache: GridCache<B::Tensor>,
     norm_mean: [f32; 3],
     norm_std: [f32; 3],
 }
@@ -165,6 +166,7 @@ impl<B: Backend> Radio<B> {
                 .upload(&w.host(POS_EMBED, &[1, r * r, d], &[r * r, d])?, w.dtype())?,
             cls_token: w.get(CLS_TOKEN, &[spec.num_prefix(), d])?,
             blocks: Trunk::load(w, BLOCKS, &spec.trunk)?,
+            cpe_cache: GridCache::new(),
             norm_mean: triple("input_conditioner.norm_mean", spec.norm_mean)?,
             norm_std: triple("input_conditioner.norm_std", spec.norm_std)?,
             spec,
@@ -210,7 +212,7 @@ impl<B: Backend> Radio<B> {
             let (b, h, w) = image_grid(pixels, p)?;
             let patches = be.patchify(pixels, p, Some((self.norm_mean, self.norm_std)))?;
             let tokens = self.embedder.forward(be, &patches)?;
-            let pos = self.cpe(be, h, w)?;
+            let pos = self.cpe_cache.get_or_try((h, w), || self.cpe(be, h, w))?;
             let pos = be.concat_rows(&vec![&pos; b])?;
             let tokens = be.residual(&tokens, &pos, None)?;
             for i in 0..b {
