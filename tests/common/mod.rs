@@ -86,7 +86,7 @@ pub struct Metrics {
 
 pub fn metrics(ours: &[f64], truth: &[f64], width: usize) -> Metrics {
     assert_eq!(ours.len(), truth.len(), "length mismatch");
-    assert!(width > 0 && ours.len() % width == 0);
+    assert!(width > 0 && ours.len().is_multiple_of(width));
     let non_finite = ours.iter().filter(|v| !v.is_finite()).count();
     let (mut num, mut den, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
     for (&a, &t) in ours.iter().zip(truth) {
