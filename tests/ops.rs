@@ -574,6 +574,15 @@ fn every_op_matches_its_reference() {
     for device in &plan.run {
         match device {
             Device::Cpu => reports.push(run_all(&CpuBackend::new())),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => reports.push(run_all(
+                &vitrine::backends::cuda::CudaBackend::new(*i).expect("probed CUDA device"),
+            )),
+            #[cfg(feature = "hip")]
+            Device::Hip(i) => reports.push(run_all(
+                &vitrine::backends::hip::HipBackend::new(*i).expect("probed HIP device"),
+            )),
+            #[allow(unreachable_patterns)]
             other => panic!("{other} is listed as available but this suite has no driver for it"),
         }
     }

@@ -68,6 +68,11 @@ impl Device {
 pub fn probe(device: Device) -> Result<(), Error> {
     match device {
         Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => vitrine_cuda::probe(i),
+        #[cfg(feature = "hip")]
+        Device::Hip(i) => vitrine_hip::probe(i),
+        #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),
     }
 }

@@ -82,6 +82,22 @@ impl<B: Backend> Runner for Loaded<B> {
     }
 }
 
+fn load_on<B: Backend + 'static>(
+    backend: B,
+    ckpt: &Checkpoint,
+    dir: &Path,
+    map: KeyMap,
+    spec: &ModelSpec,
+    dtype: DType,
+) -> Result<Box<dyn Runner>> {
+    let model = Model::load(&Weights::new(ckpt, dir, map, &backend, dtype), spec.clone())?;
+    Ok(Box::new(Loaded {
+        backend,
+        model,
+        dtype,
+    }))
+}
+
 /// A ViT image encoder loaded on a device.
 ///
 /// ```no_run
@@ -112,18 +128,26 @@ impl Encoder {
             ModelSpec::InternVit(_) => internvit::KEYS,
         };
         let runner: Box<dyn Runner> = match device {
-            Device::Cpu => {
-                let backend = CpuBackend::new();
-                let model = Model::load(
-                    &Weights::new(&ckpt, dir, map, &backend, dtype),
-                    spec.clone(),
-                )?;
-                Box::new(Loaded {
-                    backend,
-                    model,
-                    dtype,
-                })
-            }
+            Device::Cpu => load_on(CpuBackend::new(), &ckpt, dir, map, &spec, dtype)?,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => load_on(
+                vitrine_cuda::CudaBackend::new(i)?,
+                &ckpt,
+                dir,
+                map,
+                &spec,
+                dtype,
+            )?,
+            #[cfg(feature = "hip")]
+            Device::Hip(i) => load_on(
+                vitrine_hip::HipBackend::new(i)?,
+                &ckpt,
+                dir,
+                map,
+                &spec,
+                dtype,
+            )?,
+            #[allow(unreachable_patterns)]
             other => return Err(other.not_compiled()),
         };
         let report = LoadReport {

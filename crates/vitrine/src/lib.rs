@@ -17,5 +17,14 @@ pub mod models;
 pub mod weights;
 
 pub use device::{probe, Device};
+
+/// The backend crates built into this build, for direct use of the ops.
+pub mod backends {
+    pub use vitrine_cpu as cpu;
+    #[cfg(feature = "cuda")]
+    pub use vitrine_cuda as cuda;
+    #[cfg(feature = "hip")]
+    pub use vitrine_hip as hip;
+}
 pub use encoder::{Embedding, Encoder, LoadReport};
 pub use vitrine_core::{DType, Error, HostTensor, Result};
