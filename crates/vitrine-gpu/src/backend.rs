@@ -1,0 +1,662 @@
+use std::sync::{Arc, Mutex};
+
+use half::{bf16, f16};
+use vitrine_core::{
+    Backend, DType, Error, HostData, HostTensor, ResizeMode, ResizeSpec, Result, SeqLayout,
+    TensorInfo,
+};
+
+use crate::runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
+
+/// A device tensor: a shared allocation, a byte offset into it (row slices
+/// are views, never copies), dims and dtype. Ops never write into their
+/// inputs, so sharing an allocation is safe.
+pub struct GpuTensor<R: GpuRuntime> {
+    buf: Arc<R::Buffer>,
+    offset: usize,
+    dims: Vec<usize>,
+    dtype: DType,
+}
+
+impl<R: GpuRuntime> Clone for GpuTensor<R> {
+    fn clone(&self) -> Self {
+        Self {
+            buf: self.buf.clone(),
+            offset: self.offset,
+            dims: self.dims.clone(),
+            dtype: self.dtype,
+        }
+    }
+}
+
+impl<R: GpuRuntime> TensorInfo for GpuTensor<R> {
+    fn dims(&self) -> Vec<usize> {
+        self.dims.clone()
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+impl<R: GpuRuntime> GpuTensor<R> {
+    fn ptr(&self) -> u64 {
+        self.buf.device_ptr() + self.offset as u64
+    }
+
+    fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    fn arg(&self) -> KernelArg {
+        KernelArg::Ptr(self.ptr())
+    }
+}
+
+/// A [`Backend`] on any [`GpuRuntime`].
+pub struct GpuBackend<R: GpuRuntime> {
+    rt: R,
+    /// The last packed layout's `cu_seqlens` on the device: every block of a
+    /// forward pass uses the same one, so it is uploaded once per pass.
+    seqs: Mutex<Option<(SeqLayout, Arc<R::Buffer>)>>,
+}
+
+fn suffix(d: DType) -> &'static str {
+    d.as_str()
+}
+
+fn int(v: usize, what: &str) -> Result<KernelArg> {
+    i32::try_from(v).map(KernelArg::I32).map_err(|_| {
+        Error::InvalidArgument(format!("{what} = {v} exceeds the kernels' 32-bit range"))
+    })
+}
+
+fn rank2<R: GpuRuntime>(op: &str, x: &GpuTensor<R>) -> Result<(usize, usize)> {
+    match x.dims[..] {
+        [r, c] => Ok((r, c)),
+        ref d => Err(Error::shape(
+            op,
+            format!("expected a 2-D tensor, got {d:?}"),
+        )),
+    }
+}
+
+fn vector<R: GpuRuntime>(op: &str, v: &GpuTensor<R>, len: usize, dtype: DType) -> Result<()> {
+    if v.dims != [len] || v.dtype != dtype {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected a {dtype} vector of {len}, got {} {:?}",
+                v.dtype, v.dims
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn same_dtype<R: GpuRuntime>(op: &str, a: &GpuTensor<R>, b: &GpuTensor<R>) -> Result<()> {
+    if a.dtype != b.dtype {
+        return Err(Error::shape(
+            op,
+            format!("dtypes {} and {} differ", a.dtype, b.dtype),
+        ));
+    }
+    Ok(())
+}
+
+impl<R: GpuRuntime> GpuBackend<R> {
+    /// Opens device `ordinal` of this runtime.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self {
+            rt: R::open(ordinal)?,
+            seqs: Mutex::new(None),
+        })
+    }
+
+    fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<R::Buffer>> {
+        let mut cached = self
+            .seqs
+            .lock()
+            .map_err(|_| Error::Backend("sequence cache poisoned".into()))?;
+        if let Some((layout, buf)) = cached.as_ref() {
+            if layout == seqs {
+                return Ok(buf.clone());
+            }
+        }
+        let offsets = seqs
+            .offsets()
+            .iter()
+            .map(|&o| i32::try_from(o).map(i32::to_le_bytes))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::InvalidArgument("more than 2³¹ tokens in one batch".into()))?;
+        let buf = Arc::new(self.upload_bytes(&offsets.concat())?);
+        *cached = Some((seqs.clone(), buf.clone()));
+        Ok(buf)
+    }
+
+    /// The vendor runtime.
+    pub fn runtime(&self) -> &R {
+        &self.rt
+    }
+
+    fn alloc(&self, dims: &[usize], dtype: DType) -> Result<GpuTensor<R>> {
+        let bytes = dims.iter().product::<usize>() * dtype.size_in_bytes();
+        let buf = self.rt.alloc(bytes.max(1))?;
+        Ok(GpuTensor {
+            buf: Arc::new(buf),
+            offset: 0,
+            dims: dims.to_vec(),
+            dtype,
+        })
+    }
+
+    fn upload_bytes(&self, bytes: &[u8]) -> Result<R::Buffer> {
+        let buf = self.rt.alloc(bytes.len().max(1))?;
+        self.rt.copy_to_device(&buf, bytes)?;
+        Ok(buf)
+    }
+
+    /// Block size: a multiple of the device's real warp size.
+    fn block(&self, wanted: usize) -> u32 {
+        let w = self.rt.warp_size().max(1);
+        (wanted.div_ceil(w) * w).clamp(w, 1024) as u32
+    }
+
+    /// Grid for a grid-stride loop over `n` items with `block` threads.
+    fn grid(n: usize, per_block: usize) -> u32 {
+        n.div_ceil(per_block.max(1)).clamp(1, 65_535) as u32
+    }
+
+    fn elementwise(&self, name: &str, n: usize, args: &[KernelArg]) -> Result<()> {
+        let block = self.block(256);
+        self.rt.launch(
+            KernelModule::Elementwise,
+            name,
+            Self::grid(n, block as usize),
+            block,
+            args,
+        )
+    }
+
+    fn norm_launch(&self, name: &str, rows: usize, cols: usize, args: &[KernelArg]) -> Result<()> {
+        let block = self.block(cols.min(256));
+        self.rt.launch(
+            KernelModule::Norm,
+            name,
+            rows.clamp(1, 65_535) as u32,
+            block,
+            args,
+        )
+    }
+
+    /// Copies a `rows × cols` block between (address, row stride) pairs.
+    fn copy2d(
+        &self,
+        src: (u64, usize),
+        dst: (u64, usize),
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<()> {
+        let args = [
+            KernelArg::Ptr(src.0),
+            int(src.1, "ld_src")?,
+            KernelArg::Ptr(dst.0),
+            int(dst.1, "ld_dst")?,
+            int(rows, "rows")?,
+            int(cols, "cols")?,
+        ];
+        self.elementwise(&format!("vt_copy2d_{}", suffix(dtype)), rows * cols, &args)
+    }
+}
+
+fn host_bytes(t: &HostTensor) -> Vec<u8> {
+    match t.data() {
+        HostData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        HostData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        HostData::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+impl<R: GpuRuntime> Backend for GpuBackend<R> {
+    type Tensor = GpuTensor<R>;
+
+    fn name(&self) -> String {
+        self.rt.name()
+    }
+
+    fn upload(&self, host: &HostTensor, dtype: DType) -> Result<GpuTensor<R>> {
+        let converted = host.to_dtype(dtype);
+        let buf = self.upload_bytes(&host_bytes(&converted))?;
+        Ok(GpuTensor {
+            buf: Arc::new(buf),
+            offset: 0,
+            dims: host.shape().to_vec(),
+            dtype,
+        })
+    }
+
+    fn download(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
+        let mut bytes = vec![0u8; x.numel() * x.dtype.size_in_bytes()];
+        self.rt.copy_to_host(x.ptr(), &mut bytes)?;
+        let data = match x.dtype {
+            DType::F32 => HostData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::F16 => HostData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => HostData::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+        };
+        HostTensor::new(x.dims.clone(), data)
+    }
+
+    fn cast(&self, x: &GpuTensor<R>, dtype: DType) -> Result<GpuTensor<R>> {
+        if x.dtype == dtype {
+            return Ok(x.clone());
+        }
+        let y = self.alloc(&x.dims, dtype)?;
+        let n = x.numel();
+        let name = format!("vt_cast_{}_to_{}", suffix(x.dtype), suffix(dtype));
+        self.elementwise(&name, n, &[x.arg(), y.arg(), KernelArg::I64(n as i64)])?;
+        Ok(y)
+    }
+
+    fn linear(
+        &self,
+        x: &GpuTensor<R>,
+        w: &GpuTensor<R>,
+        b: Option<&GpuTensor<R>>,
+    ) -> Result<GpuTensor<R>> {
+        let (n, k) = rank2("linear input", x)?;
+        let (m, kw) = rank2("linear weight", w)?;
+        same_dtype("linear", x, w)?;
+        if k != kw {
+            return Err(Error::shape(
+                "linear",
+                format!("input [{n}, {k}] vs weight [{m}, {kw}]"),
+            ));
+        }
+        let y = self.alloc(&[n, m], x.dtype)?;
+        if n == 0 || m == 0 {
+            return Ok(y);
+        }
+        let mut beta = 0.0;
+        if let Some(b) = b {
+            vector("linear bias", b, m, x.dtype)?;
+            // Bias first, then beta = 1: one rounding, like PyTorch's addmm.
+            let args = [b.arg(), y.arg(), int(n, "rows")?, int(m, "cols")?];
+            self.elementwise(
+                &format!("vt_broadcast_rows_{}", suffix(x.dtype)),
+                n * m,
+                &args,
+            )?;
+            beta = 1.0;
+        }
+        // Row-major Y[n, m] = X[n, k] · W[m, k]ᵀ is column-major Yᵀ = W · Xᵀ:
+        // A = W read transposed (ld k), B = X as stored (ld k), C ld m.
+        self.rt.gemm(&Gemm {
+            dtype: x.dtype,
+            trans_a: true,
+            trans_b: false,
+            m,
+            n,
+            k,
+            a: w.ptr(),
+            lda: k,
+            b: x.ptr(),
+            ldb: k,
+            c: y.ptr(),
+            ldc: m,
+            beta,
+        })?;
+        Ok(y)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &GpuTensor<R>,
+        w: &GpuTensor<R>,
+        b: &GpuTensor<R>,
+        eps: f32,
+    ) -> Result<GpuTensor<R>> {
+        let (rows, cols) = rank2("layer_norm", x)?;
+        vector("layer_norm weight", w, cols, x.dtype)?;
+        vector("layer_norm bias", b, cols, x.dtype)?;
+        let y = self.alloc(&x.dims, x.dtype)?;
+        let (c, r) = (int(cols, "cols")?, int(rows, "rows")?);
+        let args = [
+            x.arg(),
+            c,
+            w.arg(),
+            b.arg(),
+            y.arg(),
+            c,
+            r,
+            c,
+            KernelArg::F32(eps),
+        ];
+        self.norm_launch(
+            &format!("vt_layer_norm_{}", suffix(x.dtype)),
+            rows,
+            cols,
+            &args,
+        )?;
+        Ok(y)
+    }
+
+    fn rms_norm(&self, x: &GpuTensor<R>, w: &GpuTensor<R>, eps: f32) -> Result<GpuTensor<R>> {
+        let (rows, cols) = rank2("rms_norm", x)?;
+        vector("rms_norm weight", w, cols, x.dtype)?;
+        let y = self.alloc(&x.dims, x.dtype)?;
+        let (c, r) = (int(cols, "cols")?, int(rows, "rows")?);
+        let args = [x.arg(), c, w.arg(), y.arg(), c, r, c, KernelArg::F32(eps)];
+        self.norm_launch(
+            &format!("vt_rms_norm_{}", suffix(x.dtype)),
+            rows,
+            cols,
+            &args,
+        )?;
+        Ok(y)
+    }
+
+    fn gelu(&self, x: &GpuTensor<R>) -> Result<GpuTensor<R>> {
+        let y = self.alloc(&x.dims, x.dtype)?;
+        let n = x.numel();
+        self.elementwise(
+            &format!("vt_gelu_{}", suffix(x.dtype)),
+            n,
+            &[x.arg(), y.arg(), KernelArg::I64(n as i64)],
+        )?;
+        Ok(y)
+    }
+
+    fn residual(
+        &self,
+        x: &GpuTensor<R>,
+        r: &GpuTensor<R>,
+        gamma: Option<&GpuTensor<R>>,
+    ) -> Result<GpuTensor<R>> {
+        let (rows, cols) = rank2("residual", x)?;
+        same_dtype("residual", x, r)?;
+        if r.dims != x.dims {
+            return Err(Error::shape(
+                "residual",
+                format!("{:?} + {:?}", x.dims, r.dims),
+            ));
+        }
+        let g = match gamma {
+            Some(g) => {
+                vector("residual gamma", g, cols, x.dtype)?;
+                g.arg()
+            }
+            None => KernelArg::Ptr(0),
+        };
+        let y = self.alloc(&x.dims, x.dtype)?;
+        let args = [
+            x.arg(),
+            r.arg(),
+            g,
+            y.arg(),
+            int(rows, "rows")?,
+            int(cols, "cols")?,
+        ];
+        self.elementwise(
+            &format!("vt_residual_{}", suffix(x.dtype)),
+            rows * cols,
+            &args,
+        )?;
+        Ok(y)
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor<R>,
+        k: &GpuTensor<R>,
+        v: &GpuTensor<R>,
+        seqs: &SeqLayout,
+        heads: usize,
+        scale: f32,
+    ) -> Result<GpuTensor<R>> {
+        let (total, width) = rank2("attention", q)?;
+        if k.dims != q.dims || v.dims != q.dims || k.dtype != q.dtype || v.dtype != q.dtype {
+            return Err(Error::shape(
+                "attention",
+                format!("q {:?}, k {:?}, v {:?}", q.dims, k.dims, v.dims),
+            ));
+        }
+        if heads == 0 || !width.is_multiple_of(heads) {
+            return Err(Error::shape(
+                "attention",
+                format!("width {width} is not divisible by {heads} heads"),
+            ));
+        }
+        if seqs.total() != total {
+            return Err(Error::shape(
+                "attention",
+                format!("{total} rows, layout covers {}", seqs.total()),
+            ));
+        }
+        let head_dim = width / heads;
+        if head_dim > 256 {
+            return Err(Error::NotSupported {
+                op: "attention with head_dim > 256",
+                backend: self.name(),
+            });
+        }
+        let cu = self.seq_offsets(seqs)?;
+        let out = self.alloc(&q.dims, q.dtype)?;
+        let ld = int(width, "width")?;
+        let args = [
+            q.arg(),
+            ld,
+            k.arg(),
+            ld,
+            v.arg(),
+            ld,
+            out.arg(),
+            ld,
+            KernelArg::Ptr(cu.device_ptr()),
+            int(seqs.len(), "sequences")?,
+            int(seqs.max_len(), "max_seqlen")?,
+            int(heads, "heads")?,
+            int(head_dim, "head_dim")?,
+            KernelArg::F32(scale),
+        ];
+        let block = self.block(128);
+        let warps = block as usize / self.rt.warp_size().max(1);
+        let name = format!("vt_attention_{}", suffix(q.dtype));
+        self.rt.launch(
+            KernelModule::Attention,
+            &name,
+            Self::grid(total * heads, warps),
+            block,
+            &args,
+        )?;
+        Ok(out)
+    }
+
+    fn resize(&self, grid: &GpuTensor<R>, spec: &ResizeSpec) -> Result<GpuTensor<R>> {
+        let (n, c) = rank2("resize", grid)?;
+        if !spec.is_valid() || n != spec.in_h * spec.in_w {
+            return Err(Error::shape(
+                "resize",
+                format!("grid [{n}, {c}] with {spec:?}"),
+            ));
+        }
+        let y = self.alloc(&[spec.window_h * spec.window_w, c], grid.dtype)?;
+        let kind = match spec.mode {
+            ResizeMode::Bilinear => "bilinear",
+            ResizeMode::Bicubic => "bicubic",
+        };
+        let args = [
+            grid.arg(),
+            y.arg(),
+            int(c, "channels")?,
+            int(spec.in_h, "in_h")?,
+            int(spec.in_w, "in_w")?,
+            int(spec.out_h, "out_h")?,
+            int(spec.out_w, "out_w")?,
+            int(spec.window_h, "window_h")?,
+            int(spec.window_w, "window_w")?,
+            KernelArg::I32(spec.align_corners as i32),
+        ];
+        let block = self.block(256);
+        let elements = spec.window_h * spec.window_w * c;
+        let name = format!("vt_resize_{kind}_{}", suffix(grid.dtype));
+        self.rt.launch(
+            KernelModule::Resize,
+            &name,
+            Self::grid(elements, block as usize),
+            block,
+            &args,
+        )?;
+        Ok(y)
+    }
+
+    fn patchify(
+        &self,
+        pixels: &GpuTensor<R>,
+        patch: usize,
+        norm: Option<([f32; 3], [f32; 3])>,
+    ) -> Result<GpuTensor<R>> {
+        let [b, c, h, w] = pixels.dims[..] else {
+            return Err(Error::shape(
+                "patchify",
+                format!("expected [b, c, h, w], got {:?}", pixels.dims),
+            ));
+        };
+        if patch == 0 || !h.is_multiple_of(patch) || !w.is_multiple_of(patch) {
+            return Err(Error::shape(
+                "patchify",
+                format!("{h}x{w} is not a multiple of patch {patch}"),
+            ));
+        }
+        if norm.is_some() && c != 3 {
+            return Err(Error::shape(
+                "patchify",
+                format!("normalisation needs 3 channels, got {c}"),
+            ));
+        }
+        let stats = match norm {
+            Some((mean, std)) => {
+                let bytes: Vec<u8> = mean
+                    .iter()
+                    .chain(&std)
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                Some(self.upload_bytes(&bytes)?)
+            }
+            None => None,
+        };
+        let (mean_ptr, std_ptr) = match &stats {
+            Some(s) => (s.device_ptr(), s.device_ptr() + 12),
+            None => (0, 0),
+        };
+        let tokens = b * (h / patch) * (w / patch);
+        let y = self.alloc(&[tokens, c * patch * patch], pixels.dtype)?;
+        let args = [
+            pixels.arg(),
+            y.arg(),
+            KernelArg::Ptr(mean_ptr),
+            KernelArg::Ptr(std_ptr),
+            int(b, "batch")?,
+            int(c, "channels")?,
+            int(h, "height")?,
+            int(w, "width")?,
+            int(patch, "patch")?,
+        ];
+        let block = self.block(256);
+        let name = format!("vt_patchify_{}", suffix(pixels.dtype));
+        self.rt.launch(
+            KernelModule::Patchify,
+            &name,
+            Self::grid(y.numel(), block as usize),
+            block,
+            &args,
+        )?;
+        Ok(y)
+    }
+
+    fn concat_rows(&self, parts: &[&GpuTensor<R>]) -> Result<GpuTensor<R>> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("concat_rows of nothing".into()))?;
+        let (_, cols) = rank2("concat_rows", first)?;
+        let mut rows = 0;
+        for p in parts {
+            let (r, c) = rank2("concat_rows", p)?;
+            if c != cols || p.dtype != first.dtype {
+                return Err(Error::shape(
+                    "concat_rows",
+                    format!("{:?} {} vs width {cols} {}", p.dims, p.dtype, first.dtype),
+                ));
+            }
+            rows += r;
+        }
+        let y = self.alloc(&[rows, cols], first.dtype)?;
+        let elt = first.dtype.size_in_bytes() as u64;
+        let mut at = 0usize;
+        for p in parts {
+            let r = p.dims[0];
+            if r > 0 {
+                self.copy2d(
+                    (p.ptr(), cols),
+                    (y.ptr() + (at * cols) as u64 * elt, cols),
+                    r,
+                    cols,
+                    first.dtype,
+                )?;
+            }
+            at += r;
+        }
+        Ok(y)
+    }
+
+    fn slice_rows(&self, x: &GpuTensor<R>, start: usize, len: usize) -> Result<GpuTensor<R>> {
+        let (rows, cols) = rank2("slice_rows", x)?;
+        if start + len > rows {
+            return Err(Error::shape(
+                "slice_rows",
+                format!("rows {start}..{} of {rows}", start + len),
+            ));
+        }
+        Ok(GpuTensor {
+            buf: x.buf.clone(),
+            offset: x.offset + start * cols * x.dtype.size_in_bytes(),
+            dims: vec![len, cols],
+            dtype: x.dtype,
+        })
+    }
+
+    fn slice_cols(&self, x: &GpuTensor<R>, start: usize, len: usize) -> Result<GpuTensor<R>> {
+        let (rows, cols) = rank2("slice_cols", x)?;
+        if start + len > cols {
+            return Err(Error::shape(
+                "slice_cols",
+                format!("columns {start}..{} of {cols}", start + len),
+            ));
+        }
+        let y = self.alloc(&[rows, len], x.dtype)?;
+        if rows > 0 && len > 0 {
+            let src = x.ptr() + (start * x.dtype.size_in_bytes()) as u64;
+            self.copy2d((src, cols), (y.ptr(), len), rows, len, x.dtype)?;
+        }
+        Ok(y)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.rt.synchronize()
+    }
+}

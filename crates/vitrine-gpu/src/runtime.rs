@@ -1,0 +1,155 @@
+use std::ffi::c_void;
+
+use vitrine_core::{DType, Result};
+
+/// The kernel source file (one per op family) an entry point lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelModule {
+    /// `kernels/norm.cu`.
+    Norm,
+    /// `kernels/elementwise.cu`.
+    Elementwise,
+    /// `kernels/resize.cu`.
+    Resize,
+    /// `kernels/patchify.cu`.
+    Patchify,
+    /// `kernels/attention.cu`.
+    Attention,
+}
+
+impl KernelModule {
+    /// Every module, for embedding and loading.
+    pub const ALL: [KernelModule; 5] = [
+        KernelModule::Norm,
+        KernelModule::Elementwise,
+        KernelModule::Resize,
+        KernelModule::Patchify,
+        KernelModule::Attention,
+    ];
+
+    /// The `.cu` file stem.
+    pub fn stem(self) -> &'static str {
+        match self {
+            KernelModule::Norm => "norm",
+            KernelModule::Elementwise => "elementwise",
+            KernelModule::Resize => "resize",
+            KernelModule::Patchify => "patchify",
+            KernelModule::Attention => "attention",
+        }
+    }
+}
+
+/// One argument of an `extern "C"` kernel: the kernels take only device
+/// pointers, `int`, `long` and `float`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelArg {
+    /// A device address (NULL is 0).
+    Ptr(u64),
+    /// A C `int`.
+    I32(i32),
+    /// A C `long` (element counts).
+    I64(i64),
+    /// A C `float`.
+    F32(f32),
+}
+
+impl KernelArg {
+    /// Pointers to each argument's value, the `void**` both `cuLaunchKernel`
+    /// and `hipModuleLaunchKernel` take. Valid while `args` lives.
+    pub fn pointers(args: &[KernelArg]) -> Vec<*mut c_void> {
+        args.iter()
+            .map(|a| match a {
+                KernelArg::Ptr(v) => v as *const u64 as *mut c_void,
+                KernelArg::I32(v) => v as *const i32 as *mut c_void,
+                KernelArg::I64(v) => v as *const i64 as *mut c_void,
+                KernelArg::F32(v) => v as *const f32 as *mut c_void,
+            })
+            .collect()
+    }
+}
+
+/// A column-major BLAS GEMM, `C = op(A) · op(B) + beta · C` with alpha 1,
+/// all three matrices of `dtype` and fp32 accumulation (never TF32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    /// Element type of A, B and C.
+    pub dtype: DType,
+    /// Transpose A.
+    pub trans_a: bool,
+    /// Transpose B.
+    pub trans_b: bool,
+    /// Rows of op(A) and C.
+    pub m: usize,
+    /// Columns of op(B) and C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Device address of A.
+    pub a: u64,
+    /// Leading dimension of A.
+    pub lda: usize,
+    /// Device address of B.
+    pub b: u64,
+    /// Leading dimension of B.
+    pub ldb: usize,
+    /// Device address of C.
+    pub c: u64,
+    /// Leading dimension of C.
+    pub ldc: usize,
+    /// 0 to overwrite C, 1 to add to it (a pre-filled bias).
+    pub beta: f32,
+}
+
+/// Device memory owned by a runtime; freed when dropped. Dropping must be
+/// safe while queued work still uses the memory (a stream-ordered free, or
+/// one that waits), because intermediate tensors die before the kernels that
+/// read them have run.
+pub trait DeviceBuffer: Send + Sync {
+    /// Device address of the first byte.
+    fn device_ptr(&self) -> u64;
+    /// Size in bytes.
+    fn len_bytes(&self) -> usize;
+}
+
+/// What a vendor must provide. All calls are issued on one stream, in order.
+pub trait GpuRuntime: Send + Sync + Sized + 'static {
+    /// An allocation.
+    type Buffer: DeviceBuffer;
+
+    /// Opens device `ordinal`, loading the embedded kernels for it. An absent
+    /// runtime library, driver or device is [`vitrine_core::Error::DeviceUnavailable`].
+    fn open(ordinal: usize) -> Result<Self>;
+
+    /// Device name for reports, like `cuda:0 (NVIDIA H100 80GB HBM3)`.
+    fn name(&self) -> String;
+
+    /// Threads per warp / wavefront on this device (32 or 64).
+    fn warp_size(&self) -> usize;
+
+    /// Allocates `bytes` (at least 1) of device memory.
+    fn alloc(&self, bytes: usize) -> Result<Self::Buffer>;
+
+    /// Copies host bytes to the start of `dst`; returns once `src` may be
+    /// reused.
+    fn copy_to_device(&self, dst: &Self::Buffer, src: &[u8]) -> Result<()>;
+
+    /// Copies `dst.len()` bytes starting at device address `src` to the host,
+    /// after all queued work.
+    fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<()>;
+
+    /// Launches `name` from `module` on a 1-D grid.
+    fn launch(
+        &self,
+        module: KernelModule,
+        name: &str,
+        grid: u32,
+        block: u32,
+        args: &[KernelArg],
+    ) -> Result<()>;
+
+    /// Runs a GEMM.
+    fn gemm(&self, g: &Gemm) -> Result<()>;
+
+    /// Waits for queued work and reports any asynchronous error.
+    fn synchronize(&self) -> Result<()>;
+}
