@@ -70,7 +70,8 @@ mod tests {
             Err(Error::DeviceUnavailable(m)) => {
                 println!("hip:0 unavailable: {m}");
                 assert!(m.starts_with("hip:0: "), "{m}");
-                if m.contains("no HIP runtime") {
+                if m.contains("no HIP runtime") && std::env::var_os("VITRINE_HIP_LIBRARY").is_none()
+                {
                     assert!(m.contains("libamdhip64.so.7"), "{m}");
                     assert!(m.contains("libamdhip64.so.6"), "{m}");
                     assert!(m.contains("tried"), "{m}");
