@@ -6,12 +6,16 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{fixtures, metrics, read_all};
+use common::{committed_fixtures, metrics, read_all};
 
 /// Builds the example with the profile of this test binary and returns its
-/// path. `cargo test --test embed_cli` alone does not rebuild examples, so
+/// path (or takes `VITRINE_EMBED_BIN`). `cargo test --test embed_cli` alone does not rebuild examples, so
 /// relying on what is in `target/` could test a stale binary.
 fn embed_binary() -> PathBuf {
+    // On a machine without cargo (the GPU test machine), the binary is given.
+    if let Some(bin) = std::env::var_os("VITRINE_EMBED_BIN") {
+        return PathBuf::from(bin);
+    }
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -57,11 +61,11 @@ fn out_path(name: &str) -> PathBuf {
 
 #[test]
 fn embed_reproduces_a_radio_fixture() {
-    let case = fixtures()
+    let case = committed_fixtures()
         .join("cases")
         .join("radio_v2__16x16_b2.safetensors");
     for layout in ["radio_v2", "radio_v2_hub"] {
-        let model = fixtures().join("models").join(layout);
+        let model = committed_fixtures().join("models").join(layout);
         let out = out_path(&format!("{layout}.safetensors"));
         let o = embed(&[
             "--model",
@@ -86,10 +90,10 @@ fn embed_reproduces_a_radio_fixture() {
 
 #[test]
 fn embed_runs_half_precision_internvit() {
-    let case = fixtures()
+    let case = committed_fixtures()
         .join("cases")
         .join("internvit_6b__16x32_b1.safetensors");
-    let model = fixtures().join("models").join("internvit_6b_hub");
+    let model = committed_fixtures().join("models").join("internvit_6b_hub");
     let out = out_path("internvit_6b_bf16.safetensors");
     let o = embed(&[
         "--model",
@@ -118,10 +122,10 @@ fn embed_runs_half_precision_internvit() {
 
 #[test]
 fn embed_errors_are_messages_not_panics() {
-    let case = fixtures()
+    let case = committed_fixtures()
         .join("cases")
         .join("radio_v4__24x40_b1.safetensors");
-    let model = fixtures().join("models").join("radio_v4");
+    let model = committed_fixtures().join("models").join("radio_v4");
     let out = out_path("never.safetensors");
     let (m, c, o) = (
         model.to_str().unwrap(),
@@ -189,7 +193,7 @@ fn embed_rejects_sizes_off_the_patch_grid() {
     let t = vitrine::HostTensor::from_f32(vec![1, 3, 30, 30], values).unwrap();
     vitrine::io::write_tensors(&px, &[("pixel_values".to_string(), t)], Default::default())
         .unwrap();
-    let model = fixtures().join("models").join("radio_v4");
+    let model = committed_fixtures().join("models").join("radio_v4");
     let out = out_path("odd_out.safetensors");
     let o = embed(&[
         "--model",

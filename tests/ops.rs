@@ -13,7 +13,7 @@ mod common;
 
 use std::fmt::Write;
 
-use common::{backend_plan, fixtures, nmse, read_all, Rng};
+use common::{backend_plan, committed_fixtures, nmse, read_all, Rng};
 use vitrine::Device;
 use vitrine_core::{Backend, DType, Error, HostTensor, ResizeMode, ResizeSpec, SeqLayout};
 use vitrine_cpu::CpuBackend;
@@ -479,7 +479,7 @@ fn layout_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
 
 /// Resize against PyTorch's own outputs, and the window against the full resize.
 fn resize_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
-    let interp = read_all(&fixtures().join("interp.safetensors"));
+    let interp = read_all(&committed_fixtures().join("interp.safetensors"));
     let names: Vec<String> = interp
         .keys()
         .filter_map(|k| k.strip_suffix(".input").map(str::to_string))

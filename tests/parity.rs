@@ -327,3 +327,70 @@ fn absent_devices_are_errors() {
         }
     }
 }
+
+/// Every GPU backend against the CPU backend at the same dtype, on every case
+/// and layout: mean token cosine ≥ 0.99999.
+#[test]
+fn gpu_backends_agree_with_cpu() {
+    const MIN_COS: f64 = 0.999_99;
+    let plan = backend_plan();
+    let others: Vec<&Device> = plan.run.iter().filter(|d| **d != Device::Cpu).collect();
+    let mut report = String::from("\n## Backends vs CPU at the same dtype (last_hidden_state)\n| case | backend | dtype | mean cos | min cos | rel L2 | status |\n|---|---|---|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let px = pixels(&case);
+        let dir = fixtures().join(&case.layouts[0].1);
+        for dtype in DType::ALL {
+            if others.is_empty() {
+                break;
+            }
+            let cpu = Encoder::from_dir(&dir, Device::Cpu, dtype)
+                .and_then(|e| e.forward_pixels(&px))
+                .expect("cpu forward");
+            let reference = gather(&cpu, "last_hidden_state").expect("cpu output");
+            let width = *cpu[0].last_hidden_state.shape().last().expect("width");
+            for device in &others {
+                let ours =
+                    Encoder::from_dir(&dir, **device, dtype).and_then(|e| e.forward_pixels(&px));
+                let (cells, ok) = match ours {
+                    Ok(out) => {
+                        let m = metrics(
+                            &gather(&out, "last_hidden_state").unwrap_or_default(),
+                            &reference,
+                            width,
+                        );
+                        let ok = m.non_finite == 0 && m.mean_cos >= MIN_COS;
+                        (
+                            format!(
+                                "{} | {} | {:.2e}",
+                                fmt_cos(m.mean_cos),
+                                fmt_cos(m.min_cos),
+                                m.rel_l2
+                            ),
+                            ok,
+                        )
+                    }
+                    Err(e) => (format!("error: {e} | | "), false),
+                };
+                writeln!(
+                    report,
+                    "| {} | {device} | {dtype} | {cells} | {} |",
+                    case.id,
+                    if ok { "ok" } else { "FAIL" }
+                )
+                .ok();
+                if !ok {
+                    failures.push(format!("{} {device} {dtype}: {cells}", case.id));
+                }
+            }
+        }
+    }
+    if others.is_empty() {
+        report.push_str("\nno GPU backend under test: nothing to compare\n");
+    }
+    for s in &plan.skipped {
+        writeln!(report, "**{s}**").ok();
+    }
+    println!("{report}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -156,6 +156,22 @@ pub fn backend_plan() -> BackendPlan {
             panic!("VITRINE_REQUIRE_BACKENDS names unknown backend `{r}`");
         }
     }
+    // `VITRINE_ONLY_BACKENDS=cuda` runs a subset (full-size dumps are too slow
+    // for the CPU); what it leaves out is still listed.
+    if let Ok(only) = std::env::var("VITRINE_ONLY_BACKENDS") {
+        let only: Vec<String> = only
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+        run.retain(|d| {
+            let kind = d.to_string().split(':').next().unwrap_or("").to_string();
+            let keep = only.contains(&kind);
+            if !keep {
+                skipped.push(format!("{kind}: not selected (VITRINE_ONLY_BACKENDS)"));
+            }
+            keep
+        });
+    }
     BackendPlan { run, skipped }
 }
 
