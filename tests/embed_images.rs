@@ -415,7 +415,7 @@ fn embeds_the_sample_images_in_every_format() {
     assert!(o.status.success(), "{}", err(&o));
     let r: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&jl2).unwrap().trim()).unwrap();
-    let g = (single[0].grid.0 * single[0].grid.1) as usize;
+    let g = single[0].grid.0 * single[0].grid.1;
     assert_eq!(r["features"].as_array().unwrap().len(), g);
     assert!(r.get("summary").is_none());
 }

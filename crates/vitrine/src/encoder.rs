@@ -8,8 +8,11 @@ use vitrine_cpu::CpuBackend;
 use crate::checkpoint::Checkpoint;
 use crate::config::{self, ModelSpec};
 use crate::device::Device;
+use crate::hub::{self, HubOptions, ModelSource};
+use crate::images::RgbImage;
 use crate::models::radio::RadioSpec;
 use crate::models::{internvit, radio, Model};
+use crate::preprocess::PreprocessConfig;
 use crate::weights::{KeyMap, Weights};
 
 /// Host-side outputs for one image, fp32.
@@ -98,6 +101,23 @@ fn load_on<B: Backend + 'static>(
     }))
 }
 
+/// Rows `[from, to)` of a `[N, D]` tensor as f32 `[to − from, D]`, or as a
+/// vector `[D]` when `vector`.
+fn rows(t: &HostTensor, from: usize, to: usize, vector: bool) -> HostTensor {
+    let d = t.shape().get(1).copied().unwrap_or(0);
+    let v = t.to_f32_vec();
+    let (from, to) = (from.min(v.len() / d.max(1)), to.min(v.len() / d.max(1)));
+    let data = v[from * d..to.max(from) * d].to_vec();
+    let n = data.len();
+    let shape = if vector {
+        vec![n]
+    } else {
+        vec![n / d.max(1), d]
+    };
+    // The shape matches the data by construction.
+    HostTensor::from_f32(shape, data).unwrap_or_else(|_| t.clone())
+}
+
 /// A ViT image encoder loaded on a device.
 ///
 /// ```no_run
@@ -115,6 +135,8 @@ pub struct Encoder {
     spec: ModelSpec,
     dtype: DType,
     report: LoadReport,
+    preprocess: PreprocessConfig,
+    source: ModelSource,
 }
 
 impl Encoder {
@@ -153,12 +175,122 @@ impl Encoder {
         let report = LoadReport {
             unused_tensors: ckpt.unused(),
         };
+        let preprocess = PreprocessConfig::for_model(dir, &spec)?;
         Ok(Self {
             runner,
             spec,
             dtype,
             report,
+            preprocess,
+            source: ModelSource::Local,
         })
+    }
+
+    /// Loads a model by hub id (`nvidia/C-RADIOv4-H`) or local directory,
+    /// with hub settings from the environment (`HF_HOME`, `HF_HUB_CACHE`,
+    /// `HF_HUB_OFFLINE`, `HF_TOKEN`; see [`crate::hub`]).
+    ///
+    /// ```
+    /// use vitrine::{DType, Device, Encoder};
+    ///
+    /// let enc = Encoder::from_pretrained("../../tests/fixtures/models/radio_v4", Device::Cpu, DType::F32)?;
+    /// let out = enc.encode_images(["../../assets/images/gradient.png", "../../assets/images/photo.jpg"]);
+    /// let first = out[0].as_ref().expect("decodes");
+    /// assert_eq!(first.grid, (6, 8)); // 64x48 -> 32x24 pixels -> 8x6 patches of 4
+    /// assert_eq!(enc.summary_of(first).numel(), 2 * 48); // two cls tokens of width 48
+    /// # Ok::<(), vitrine::Error>(())
+    /// ```
+    pub fn from_pretrained(id_or_dir: &str, device: Device, dtype: DType) -> Result<Self> {
+        Self::from_pretrained_with(id_or_dir, device, dtype, &HubOptions::from_env())
+    }
+
+    /// [`Self::from_pretrained`] with explicit hub options (revision, token,
+    /// cache directory, offline mode, progress bar).
+    pub fn from_pretrained_with(
+        id_or_dir: &str,
+        device: Device,
+        dtype: DType,
+        hub: &HubOptions,
+    ) -> Result<Self> {
+        let resolved = hub::resolve_model(id_or_dir, hub)?;
+        let mut enc = Self::from_dir(&resolved.dir, device, dtype)?;
+        enc.source = resolved.source;
+        Ok(enc)
+    }
+
+    /// Runs a batch of same-size images `[b, 3, H, W]` and also returns the
+    /// outputs of the blocks in `indices` (0-based, timm's
+    /// `forward_intermediates`), each `[tokens, D]` in
+    /// [`Embedding::intermediates`], in the order asked.
+    pub fn forward_intermediates(
+        &self,
+        pixels: &HostTensor,
+        indices: &[usize],
+    ) -> Result<Vec<Embedding>> {
+        self.forward_groups(std::slice::from_ref(pixels), indices)
+    }
+
+    /// The preprocessing this encoder applies to images.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Replaces the preprocessing (e.g. another RADIO resolution:
+    /// `enc.preprocess_config().clone().with_resolution(768)?`).
+    pub fn set_preprocess_config(&mut self, config: PreprocessConfig) {
+        self.preprocess = config;
+    }
+
+    /// Turns one image into this model's `[3, H, W]` input.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<HostTensor> {
+        self.preprocess.apply(image)
+    }
+
+    /// Where the model was loaded from.
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// Family name: `radio` or `internvit`.
+    pub fn family(&self) -> &'static str {
+        match self.spec {
+            ModelSpec::Radio(_) => "radio",
+            ModelSpec::InternVit(_) => "internvit",
+        }
+    }
+
+    /// Prefix tokens before the patch tokens (RADIO: cls + registers;
+    /// InternViT: its cls token).
+    pub fn num_prefix_tokens(&self) -> usize {
+        match &self.spec {
+            ModelSpec::Radio(s) => s.num_cls + s.num_registers,
+            ModelSpec::InternVit(_) => 1,
+        }
+    }
+
+    /// The image-level vector: RADIO's `summary` (chosen cls tokens
+    /// concatenated), InternViT's cls token (OpenGVLab's `pooler_output`).
+    pub fn summary_of(&self, e: &Embedding) -> HostTensor {
+        match &e.summary {
+            Some(s) => s.clone(),
+            None => rows(&e.last_hidden_state, 0, 1, true),
+        }
+    }
+
+    /// The patch tokens `[h·w, D]`, row-major (prefix tokens removed).
+    pub fn features_of(&self, e: &Embedding) -> HostTensor {
+        match &e.features {
+            Some(f) => f.clone(),
+            None => {
+                let n = e.last_hidden_state.shape()[0];
+                rows(
+                    &e.last_hidden_state,
+                    self.num_prefix_tokens().min(n),
+                    n,
+                    false,
+                )
+            }
+        }
     }
 
     /// Runs a batch of same-size images `[b, 3, H, W]` (fp32). RADIO takes RGB
