@@ -254,8 +254,18 @@ fn matrix(t: &HostTensor) -> Result<Matrix> {
     Ok(Matrix::new(rows, cols, t.to_f32_vec())?)
 }
 
-/// Image mode: returns whether every input was embedded.
-fn run_images(args: &Args) -> Result<bool> {
+/// How an image-mode run ended (the exit code).
+enum Outcome {
+    /// Every image embedded.
+    Complete,
+    /// Some images skipped (reported), the rest written.
+    Partial,
+    /// No image could be embedded; nothing written.
+    Nothing,
+}
+
+/// Image mode.
+fn run_images(args: &Args) -> Result<Outcome> {
     let start = Instant::now();
     if args.inputs.is_empty() {
         bail!("no images given: pass image files or directories (or --pixels for tensor mode)");
@@ -389,7 +399,8 @@ fn run_images(args: &Args) -> Result<bool> {
     }
     let ok = set.paths.len();
     if ok == 0 {
-        bail!("none of the {n} image(s) could be embedded; nothing written");
+        eprintln!("error: none of the {n} image(s) could be embedded; nothing written");
+        return Ok(Outcome::Nothing);
     }
     for name in order {
         if let Some((vector, values)) = per_kind.remove(&name) {
@@ -455,26 +466,26 @@ fn run_images(args: &Args) -> Result<bool> {
             format!(" ({} failed)", failed.len())
         }
     );
-    Ok(failed.is_empty())
+    Ok(if failed.is_empty() {
+        Outcome::Complete
+    } else {
+        Outcome::Partial
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.pixels {
-        Some(p) => run_pixels(&args, p).map(|()| true),
+        Some(p) => run_pixels(&args, p).map(|()| Outcome::Complete),
         None => run_images(&args),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_PARTIAL),
+        Ok(Outcome::Complete) => ExitCode::SUCCESS,
+        // Unreadable inputs, each reported: "some inputs failed".
+        Ok(Outcome::Partial | Outcome::Nothing) => ExitCode::from(EXIT_PARTIAL),
         Err(e) => {
             eprintln!("error: {e:#}");
-            // Nothing at all could be embedded: still "some inputs failed".
-            if e.to_string().starts_with("none of the") {
-                ExitCode::from(EXIT_PARTIAL)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::FAILURE
         }
     }
 }

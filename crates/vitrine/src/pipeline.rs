@@ -130,6 +130,60 @@ pub struct BatchPlan {
     pub failed: Vec<(usize, Error)>,
 }
 
+/// Decodes and preprocesses on all cores (images are independent, so the
+/// results do not depend on the thread count). A decoder that panics on a
+/// hostile file fails that image only.
+fn prepare_all<F>(sources: &[&ImageSource], f: F) -> Vec<Result<HostTensor>>
+where
+    F: Fn(&ImageSource) -> Result<HostTensor> + Sync,
+{
+    let guarded = |s: &ImageSource, i: usize| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(s))).unwrap_or_else(|_| {
+            Err(Error::InvalidArgument(format!(
+                "{}: the decoder failed on this file",
+                s.label(i)
+            )))
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(sources.len());
+    if threads <= 1 {
+        return sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| guarded(s, i))
+            .collect();
+    }
+    let chunk = sources.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                let guarded = &guarded;
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, s)| guarded(s, c * chunk + j))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(sources.chunks(chunk))
+            .flat_map(|(h, part)| {
+                h.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|_| Err(Error::Backend("a preprocessing thread failed".into())))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
 fn copy_error(e: &Error) -> Error {
     match e {
         Error::Io { path, source } => Error::Io {
@@ -228,8 +282,11 @@ impl Encoder {
             (0..sources.len()).map(|_| None).collect();
         let mut ok_idx = Vec::new();
         let mut pixels = Vec::new();
-        for (i, s) in sources.iter().enumerate() {
-            match s.load(&opts.limits).and_then(|img| self.preprocess(&img)) {
+        let prepared = prepare_all(sources, |s| {
+            s.load(&opts.limits).and_then(|img| self.preprocess(&img))
+        });
+        for (i, r) in prepared.into_iter().enumerate() {
+            match r {
                 Ok(px) => {
                     ok_idx.push(i);
                     pixels.push(px);
