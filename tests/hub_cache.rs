@@ -200,3 +200,108 @@ fn incomplete_snapshots_and_missing_repos_fail_clearly() {
         .to_string();
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
+
+/// A minimal hub on the loopback interface: serves `files` of one repo at one
+/// commit the way the hub's `resolve` endpoint does (commit and etag headers,
+/// byte ranges), 404 for anything else. It answers at most `max` connections.
+fn mock_hub(repo: &str, commit: &str, files: Vec<(String, Vec<u8>)>, max: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let prefix = format!("/{repo}/resolve/main/");
+    let commit = commit.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut range_start = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(r) = lower.strip_prefix("range: bytes=") {
+                    range_start = r
+                        .split('-')
+                        .next()
+                        .unwrap_or("0")
+                        .trim()
+                        .parse()
+                        .unwrap_or(0);
+                }
+            }
+            let file = path
+                .strip_prefix(&prefix)
+                .and_then(|name| files.iter().find(|(n, _)| n == name));
+            let response = match file {
+                Some((name, bytes)) => {
+                    let end = bytes.len().saturating_sub(1);
+                    let body = &bytes[range_start.min(bytes.len())..];
+                    let mut head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nx-repo-commit: {commit}\r\netag: \"{:016x}-{name}\"\r\n\
+                         content-range: bytes {range_start}-{end}/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        fnv(bytes),
+                        bytes.len(),
+                        body.len()
+                    )
+                    .into_bytes();
+                    head.extend_from_slice(body);
+                    head
+                }
+                None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn missing_models_are_downloaded_into_the_cache_then_used_offline() {
+    for (dir, repo) in [
+        ("radio_v4", "org/single"),
+        ("internvit_6b_hub", "org/sharded"),
+    ] {
+        let cache = temp(&format!("download-{}", dir));
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(fixtures().join(dir))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        let endpoint = mock_hub(repo, COMMIT, files, 64);
+        let online = HubOptions {
+            cache_dir: Some(cache.clone()),
+            endpoint: Some(endpoint),
+            ..Default::default()
+        };
+        let got = resolve_model(repo, &online).unwrap_or_else(|e| panic!("{repo}: {e}"));
+        assert!(
+            matches!(&got.source, ModelSource::Hub { downloaded: true, commit, .. } if commit == COMMIT),
+            "{:?}",
+            got.source
+        );
+        // The cache now has the huggingface_hub layout: the second time needs no network.
+        let again = resolve_model(repo, &offline(&cache)).unwrap();
+        assert_eq!(again.dir, got.dir);
+        let hub = Encoder::from_dir(&again.dir, Device::Cpu, DType::F32).unwrap();
+        let local = Encoder::from_dir(&fixtures().join(dir), Device::Cpu, DType::F32).unwrap();
+        let px = pixels(16);
+        assert_eq!(
+            hub.forward_pixels(&px).unwrap(),
+            local.forward_pixels(&px).unwrap()
+        );
+    }
+}

@@ -17,6 +17,7 @@
 //! | offline | [`HubOptions::offline`] | `HF_HUB_OFFLINE=1` (also `true`/`yes`/`on`) |
 //! | revision | [`HubOptions::revision`] | – (default `main`; a branch, tag or full commit hash) |
 //! | token | [`HubOptions::token`] | `HF_TOKEN`, else the token file `HF_HOME/token` |
+//! | endpoint | [`HubOptions::endpoint`] | `HF_ENDPOINT` (default `https://huggingface.co`) |
 //!
 //! A cached snapshot is used without asking the hub whether the branch has
 //! moved: pin `revision` to a commit for reproducible runs, or remove the
@@ -44,6 +45,8 @@ pub struct HubOptions {
     pub offline: bool,
     /// Show a download progress bar (on a terminal).
     pub progress: bool,
+    /// Hub URL (default `https://huggingface.co`; `HF_ENDPOINT` for mirrors).
+    pub endpoint: Option<String>,
 }
 
 impl HubOptions {
@@ -89,6 +92,7 @@ impl HubOptions {
             cache_dir,
             offline,
             progress: true,
+            endpoint: nonempty("HF_ENDPOINT").map(|e| e.trim_end_matches('/').to_string()),
         }
     }
 
@@ -171,13 +175,9 @@ pub fn resolve_model(id_or_dir: &str, opts: &HubOptions) -> Result<ResolvedModel
         });
     }
     if !is_repo_id(id_or_dir) {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such model directory (and not a hub id like `org/name`)",
-            ),
-        });
+        return Err(Error::InvalidArgument(format!(
+            "{id_or_dir}: no such model directory (and not a hub id like `org/name`)"
+        )));
     }
     let cache = opts.cache()?;
     let revision = opts.revision().to_string();
@@ -291,11 +291,13 @@ fn download(
             cache.display()
         ))
     };
-    let api = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
         .with_token(opts.token.clone())
-        .with_progress(opts.progress)
-        .build()
-        .map_err(|e| fail("files", &e))?;
+        .with_progress(opts.progress);
+    if let Some(endpoint) = &opts.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder.build().map_err(|e| fail("files", &e))?;
     let handle = api.repo(Repo::with_revision(
         repo.to_string(),
         RepoType::Model,
