@@ -467,8 +467,10 @@ fn plan_axis(input: usize, output: usize, interp: Interpolation, backend: Resize
     }
 }
 
+/// Both references accumulate in 32-bit ints: 255 · Σ|w| stays below 2³¹
+/// for their weight precisions (at most 22 bits), so i32 never overflows.
 #[inline]
-fn round_shift(acc: i64, precision: u32) -> u8 {
+fn round_shift(acc: i32, precision: u32) -> u8 {
     (acc >> precision).clamp(0, 255) as u8
 }
 
@@ -485,7 +487,7 @@ fn resample(
     // Horizontal pass first, then vertical: the order both references use.
     if out_w != in_w {
         let ax = plan_axis(in_w, out_w, interp, backend);
-        let half = 1i64 << (ax.precision - 1).min(31);
+        let half = 1i32 << (ax.precision - 1);
         let mut next = vec![0u8; in_h * out_w * 3];
         for y in 0..in_h {
             let src = &cur[y * in_w * 3..(y + 1) * in_w * 3];
@@ -494,12 +496,11 @@ fn resample(
                 let k = &ax.weights[x * ax.ksize..x * ax.ksize + ax.len[x]];
                 let s0 = ax.start[x];
                 let mut acc = [half; 3];
-                for (j, &kw) in k.iter().enumerate() {
-                    let p = &src[(s0 + j) * 3..(s0 + j) * 3 + 3];
-                    let kw = i64::from(kw);
-                    acc[0] += i64::from(p[0]) * kw;
-                    acc[1] += i64::from(p[1]) * kw;
-                    acc[2] += i64::from(p[2]) * kw;
+                let taps = &src[s0 * 3..(s0 + k.len()) * 3];
+                for (p, &kw) in taps.chunks_exact(3).zip(k) {
+                    acc[0] += i32::from(p[0]) * kw;
+                    acc[1] += i32::from(p[1]) * kw;
+                    acc[2] += i32::from(p[2]) * kw;
                 }
                 for c in 0..3 {
                     dst[x * 3 + c] = round_shift(acc[c], ax.precision);
@@ -511,19 +512,18 @@ fn resample(
     }
     if out_h != in_h {
         let ax = plan_axis(in_h, out_h, interp, backend);
-        let half = 1i64 << (ax.precision - 1).min(31);
+        let half = 1i32 << (ax.precision - 1);
         let row = cur_w * 3;
         let mut next = vec![0u8; out_h * row];
-        let mut acc = vec![0i64; row];
+        let mut acc = vec![0i32; row];
         for y in 0..out_h {
             let k = &ax.weights[y * ax.ksize..y * ax.ksize + ax.len[y]];
             let s0 = ax.start[y];
             acc.iter_mut().for_each(|a| *a = half);
             for (j, &kw) in k.iter().enumerate() {
                 let src = &cur[(s0 + j) * row..(s0 + j + 1) * row];
-                let kw = i64::from(kw);
                 for (a, &p) in acc.iter_mut().zip(src) {
-                    *a += i64::from(p) * kw;
+                    *a += i32::from(p) * kw;
                 }
             }
             for (d, &a) in next[y * row..(y + 1) * row].iter_mut().zip(&acc) {
