@@ -135,13 +135,13 @@ fn embed_errors_are_messages_not_panics() {
     let expectations: [(Vec<&str>, &str); 5] = [
         (
             vec![
-                "--model", m, "--pixels", c, "--output", o, "--device", "cuda:0",
+                "--model", m, "--pixels", c, "--output", o, "--device", "cuda:99",
             ],
             "cuda",
         ),
         (
             vec![
-                "--model", m, "--pixels", c, "--output", o, "--device", "hip:1",
+                "--model", m, "--pixels", c, "--output", o, "--device", "hip:99",
             ],
             "hip",
         ),

@@ -10,11 +10,20 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use vitrine::Device;
 
-/// `tests/fixtures`.
-pub fn fixtures() -> PathBuf {
+/// The committed fixtures, `tests/fixtures`.
+pub fn committed_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
+}
+
+/// The fixture set under test: `VITRINE_FIXTURES` if set (the full-size
+/// dumps made on a GPU machine, same layout), else the committed one.
+pub fn fixtures() -> PathBuf {
+    match std::env::var_os("VITRINE_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => committed_fixtures(),
+    }
 }
 
 /// The fixture manifest.
