@@ -45,6 +45,9 @@ fn embed_binary() -> PathBuf {
 fn embed(args: &[&str]) -> Output {
     Command::new(embed_binary())
         .args(args)
+        // Parallel tests each start a child: one thread apiece keeps the
+        // 2-core CI machine from thrashing.
+        .env("RAYON_NUM_THREADS", "1")
         .output()
         .expect("run embed")
 }
