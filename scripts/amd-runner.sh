@@ -83,15 +83,15 @@ VITRINE_HIP_KERNELS_DIR=$(cd "$KDIR" && pwd)
 export VITRINE_HIP_KERNELS_DIR
 
 log "build and run every suite with HIP required (VITRINE_REQUIRE_BACKENDS=cpu,hip)"
-# --workspace covers the HIP crate's own tests, the op-level suite
-# (tests/ops.rs) and the model-level suite (tests/parity.rs). Thresholds are
-# the ones in those files, shared with CUDA.
+# The root package's suites: tests/ops.rs (op level) and tests/parity.rs
+# (model level) among them; then the HIP crate's own tests. Not --workspace:
+# that would also build vitrine-cuda, whose build needs nvcc. Thresholds are
+# the ones in the suite files, shared with CUDA.
 export VITRINE_REQUIRE_BACKENDS=cpu,hip
 RC=0
-cargo test --release --workspace --features hip -- --nocapture || RC=$?
-if [[ $RC -ne 0 ]]; then
-  die "the suites failed with HIP required (exit $RC); the tables above name each failing op/model"
-fi
+cargo test --release --features hip -- --nocapture || RC=$?
+[[ $RC -eq 0 ]] || die "the suites failed with HIP required (exit $RC); the tables above name each failing op/model"
+cargo test --release -p vitrine-hip -- --nocapture || die "the vitrine-hip tests failed"
 
 if [[ -n $DUMPS ]]; then
   log "full-size reference dumps with PyTorch-ROCm -> $DUMPS"

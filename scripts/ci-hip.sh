@@ -33,6 +33,13 @@ die() { printf 'ci-hip: FAILED: %s\n' "$*" >&2; exit 1; }
 
 step "install the HIP toolchain"
 bash scripts/install-hip-toolchain.sh
+# `--workspace` also builds vitrine-cuda, whose build needs nvcc. Inside
+# .ci/run the CUDA step has already exported it; standalone, install it.
+if [[ -z ${NVCC:-} ]]; then
+  bash scripts/install-cuda-toolchain.sh >/dev/null
+  # shellcheck disable=SC1091
+  source .toolchains/cuda/env.sh
+fi
 
 step "compile kernels for 5 AMD targets"
 KDIR=target/kernels
@@ -66,7 +73,8 @@ fi
 step "VITRINE_REQUIRE_BACKENDS=hip must fail without an AMD GPU"
 if grep -q 'hip: SKIPPED (' "$LOG"; then
   # The op suite is the cheapest one that plans backends.
-  if VITRINE_REQUIRE_BACKENDS=cpu,hip cargo test --release --features hip --test ops -- --nocapture \
+  # --workspace as above, so features resolve the same and nothing rebuilds.
+  if VITRINE_REQUIRE_BACKENDS=cpu,hip cargo test --release --workspace --features hip --test ops -- --nocapture \
       >"$LOG" 2>&1; then
     cat "$LOG"
     die "the op suite passed with HIP required and no AMD GPU present"
