@@ -1,0 +1,286 @@
+//! `bench_gpu`: images/s and latency of full-size random-weight encoders on
+//! one device, the numbers `scripts/bench-vs-torch.sh` sets beside PyTorch's.
+//!
+//! ```text
+//! cargo run --release --features cuda --example bench_gpu -- --device cuda:0 --dtype f16
+//! ```
+//!
+//! Writes a random checkpoint per model shape (speed does not depend on the
+//! values), loads it, warms up, then times `repeats` forward passes (each
+//! ends with the outputs on the host, so the clock covers all device work)
+//! and prints one JSON line per case: median and p90 latency, images/s and
+//! achieved TFLOP/s (matmul FLOPs, counted as the PyTorch baseline does).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use vitrine::io::write_tensors;
+use vitrine::{DType, Device, Encoder, HostTensor};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "cuda:0")]
+    device: Device,
+    #[arg(long, default_value = "f16")]
+    dtype: DType,
+    /// Timed repeats per case (median reported).
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+    /// Where the random checkpoints go.
+    #[arg(long, default_value = "/tmp/vitrine-bench")]
+    dir: PathBuf,
+    /// Only cases whose name contains this.
+    #[arg(long, default_value = "")]
+    filter: String,
+}
+
+/// A model shape to benchmark.
+struct Shape {
+    name: &'static str,
+    radio: bool,
+    d: usize,
+    layers: usize,
+    heads: usize,
+    mlp: usize,
+    patch: usize,
+    prefix: usize,
+    grid: usize,
+}
+
+const RADIO_H: Shape = Shape {
+    name: "radio_h",
+    radio: true,
+    d: 1280,
+    layers: 32,
+    heads: 16,
+    mlp: 5120,
+    patch: 16,
+    prefix: 10,
+    grid: 128,
+};
+const INTERNVIT_300M: Shape = Shape {
+    name: "internvit_300m",
+    radio: false,
+    d: 1024,
+    layers: 24,
+    heads: 16,
+    mlp: 4096,
+    patch: 14,
+    prefix: 1,
+    grid: 32,
+};
+
+/// Deterministic uniform values in [-a, a].
+fn random(n: usize, a: f32, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+        })
+        .collect()
+}
+
+fn write_checkpoint(s: &Shape, dir: &Path) -> Result<()> {
+    if dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut seed = 0x5eed_u64;
+    let mut tensors: Vec<(String, HostTensor)> = Vec::new();
+    let mut add =
+        |name: String, shape: Vec<usize>, scale: f32, offset: f32, seed: &mut u64| -> Result<()> {
+            let n = shape.iter().product();
+            let v: Vec<f32> = random(n, scale, seed)
+                .into_iter()
+                .map(|x| x + offset)
+                .collect();
+            tensors.push((name, HostTensor::from_f32_as(shape, &v, DType::F16)?));
+            Ok(())
+        };
+    let (d, m) = (s.d, s.mlp);
+    let lin = |fan_in: usize| (3.0 / fan_in as f32).sqrt();
+    let (blocks, pfx) = if s.radio {
+        (
+            "radio_model.model.blocks",
+            "radio_model.model.patch_generator",
+        )
+    } else {
+        ("encoder.layers", "embeddings")
+    };
+    let patch_dim = 3 * s.patch * s.patch;
+    if s.radio {
+        add(
+            format!("{pfx}.embedder.weight"),
+            vec![d, patch_dim],
+            lin(patch_dim),
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            format!("{pfx}.pos_embed"),
+            vec![1, s.grid * s.grid, d],
+            0.5,
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            format!("{pfx}.cls_token.token"),
+            vec![s.prefix, d],
+            1.0,
+            0.0,
+            &mut seed,
+        )?;
+    } else {
+        add(
+            "embeddings.patch_embedding.weight".into(),
+            vec![d, 3, s.patch, s.patch],
+            lin(patch_dim),
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            "embeddings.patch_embedding.bias".into(),
+            vec![d],
+            0.1,
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            "embeddings.position_embedding".into(),
+            vec![1, 1 + s.grid * s.grid, d],
+            0.5,
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            "embeddings.class_embedding".into(),
+            vec![1, 1, d],
+            1.0,
+            0.0,
+            &mut seed,
+        )?;
+    }
+    for i in 0..s.layers {
+        let b = format!("{blocks}.{i}");
+        for n in ["norm1", "norm2"] {
+            add(format!("{b}.{n}.weight"), vec![d], 0.2, 1.0, &mut seed)?;
+            add(format!("{b}.{n}.bias"), vec![d], 0.1, 0.0, &mut seed)?;
+        }
+        add(
+            format!("{b}.attn.qkv.weight"),
+            vec![3 * d, d],
+            lin(d),
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            format!("{b}.attn.qkv.bias"),
+            vec![3 * d],
+            0.1,
+            0.0,
+            &mut seed,
+        )?;
+        add(
+            format!("{b}.attn.proj.weight"),
+            vec![d, d],
+            lin(d),
+            0.0,
+            &mut seed,
+        )?;
+        add(format!("{b}.attn.proj.bias"), vec![d], 0.1, 0.0, &mut seed)?;
+        add(
+            format!("{b}.mlp.fc1.weight"),
+            vec![m, d],
+            lin(d),
+            0.0,
+            &mut seed,
+        )?;
+        add(format!("{b}.mlp.fc1.bias"), vec![m], 0.1, 0.0, &mut seed)?;
+        add(
+            format!("{b}.mlp.fc2.weight"),
+            vec![d, m],
+            lin(m),
+            0.0,
+            &mut seed,
+        )?;
+        add(format!("{b}.mlp.fc2.bias"), vec![d], 0.1, 0.0, &mut seed)?;
+        if !s.radio {
+            add(format!("{b}.ls1"), vec![d], 0.5, 1.0, &mut seed)?;
+            add(format!("{b}.ls2"), vec![d], 0.5, 1.0, &mut seed)?;
+        }
+    }
+    let config = if s.radio {
+        serde_json::json!({"model_type": "radio", "hidden_size": d, "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+            "mlp_ratio": 4.0, "patch_size": s.patch, "max_img_size": s.grid * s.patch, "num_cls_tokens": 3, "num_registers": 7,
+            "summary_idxs": [0, 1], "qkv_bias": true, "layer_norm_eps": 1e-6, "hidden_act": "gelu"})
+    } else {
+        serde_json::json!({"model_type": "intern_vit_6b", "hidden_size": d, "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+            "intermediate_size": m, "patch_size": s.patch, "image_size": s.grid * s.patch, "qkv_bias": true,
+            "qk_normalization": false, "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "hidden_act": "gelu"})
+    };
+    write_tensors(&dir.join("model.safetensors"), &tensors, Default::default())?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    Ok(())
+}
+
+fn flops(s: &Shape, h: usize, w: usize) -> f64 {
+    let patches = (h / s.patch) * (w / s.patch);
+    let t = (patches + s.prefix) as f64;
+    let d = s.d as f64;
+    let per_layer = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * s.mlp as f64) + 4.0 * t * t * d;
+    s.layers as f64 * per_layer + 2.0 * patches as f64 * (3 * s.patch * s.patch) as f64 * d
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cases: [(&Shape, usize, usize, usize); 5] = [
+        (&RADIO_H, 224, 224, 1),
+        (&RADIO_H, 512, 512, 32),
+        (&RADIO_H, 432, 640, 8),
+        (&RADIO_H, 1024, 1024, 4),
+        (&INTERNVIT_300M, 448, 448, 32),
+    ];
+    for (shape, h, w, b) in cases {
+        let name = format!("{}_{h}x{w}_b{b}", shape.name);
+        if !name.contains(&args.filter) {
+            continue;
+        }
+        let dir = args.dir.join(shape.name);
+        write_checkpoint(shape, &dir).with_context(|| format!("writing {}", dir.display()))?;
+        let enc = Encoder::from_dir(&dir, args.device, args.dtype)?;
+        let mut seed = 7u64;
+        let pixels = HostTensor::from_f32(
+            vec![b, 3, h, w],
+            random(b * 3 * h * w, 1.0, &mut seed)
+                .iter()
+                .map(|v| v.abs())
+                .collect(),
+        )?;
+        for _ in 0..2 {
+            enc.forward_pixels(&pixels)?;
+        }
+        let mut ms: Vec<f64> = (0..args.repeats)
+            .map(|_| {
+                let t = Instant::now();
+                enc.forward_pixels(&pixels)
+                    .map(|_| t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<vitrine::Result<_>>()?;
+        ms.sort_by(f64::total_cmp);
+        let (p50, p90) = (ms[ms.len() / 2], ms[(ms.len() * 9 / 10).min(ms.len() - 1)]);
+        let tflops = flops(shape, h, w) * b as f64 / (p50 * 1e-3) / 1e12;
+        println!(
+            "{}",
+            serde_json::json!({"kind": "vitrine", "case": name, "device": enc.device_name(), "dtype": args.dtype.to_string(),
+                "batch": b, "ms_p50": p50, "ms_p90": p90, "img_s": b as f64 * 1e3 / p50, "tflops": tflops})
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Side by side on one GPU, in one run: vitrine's `bench_gpu` (carried in
+# BUNDLE as bench_gpu or bench_gpu.xz) and the PyTorch/transformers baseline
+# (scripts/torch_baseline.py, HF RadioModel / InternVLVisionModel with SDPA).
+#
+#   # here: source .toolchains/cuda/env.sh && cargo build --release --features cuda --example bench_gpu
+#   #       mkdir -p .dev/bench && cp target/release/examples/bench_gpu .dev/bench/ && xz -f .dev/bench/bench_gpu
+#   # there: scripts/bench-vs-torch.sh .dev/bench
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE=$(cd "${1:?usage: bench-vs-torch.sh BUNDLE}" && pwd)
+LOGS=${OUT:-/tmp/vitrine-bench-logs}
+mkdir -p "$LOGS"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+BIN=/tmp/vitrine-bench-gpu
+if [[ -f $BUNDLE/bench_gpu.xz ]]; then
+  python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' "$BUNDLE/bench_gpu.xz" "$BIN"
+else
+  cp "$BUNDLE/bench_gpu" "$BIN"
+fi
+chmod +x "$BIN"
+"$BIN" --device cuda:0 --dtype f16 | tee "$LOGS/vitrine_bench.jsonl"
+BASELINE_OUT=$LOGS python3 "$REPO/scripts/torch_baseline.py" > "$LOGS/torch.log" 2>&1
+python3 - "$LOGS" <<'PY'
+import json, sys
+logs = sys.argv[1]
+ours = {r["case"]: r for r in map(json.loads, open(f"{logs}/vitrine_bench.jsonl"))}
+torch = [json.loads(l) for l in open(f"{logs}/torch_baseline.jsonl")]
+def t(kind, **kw):
+    for r in torch:
+        if r.get("kind") == kind and r.get("dtype") == "torch.float16" and r.get("attn", "sdpa") == "sdpa" and all(r.get(k) == v for k, v in kw.items()):
+            return r
+print("| case (fp16) | vitrine | PyTorch (HF SDPA) | ratio |\n|---|---|---|---|")
+rows = [("radio_h_224x224_b1", "latency ms", t("radio", batch=1, h=224, w=224), "ms"),
+        ("radio_h_512x512_b32", "images/s", t("radio", batch=32, h=512, w=512), "img_s"),
+        ("radio_h_432x640_b8", "images/s", t("radio", batch=8, h=432, w=640), "img_s"),
+        ("radio_h_1024x1024_b4", "images/s", t("radio", batch=4, h=1024, w=1024), "img_s"),
+        ("internvit_300m_448x448_b32", "images/s", t("internvl", batch=32, size=448), "img_s")]
+for case, unit, ref, key in rows:
+    o = ours.get(case)
+    if not o or not ref:
+        print(f"| {case} | missing | missing | |"); continue
+    mine = o["ms_p50"] if key == "ms" else o["img_s"]
+    theirs = ref[key]
+    ratio = theirs / mine if key == "ms" else mine / theirs
+    print(f"| {case} ({unit}) | {mine:.1f} | {theirs:.1f} | {ratio:.3f}× |")
+PY
