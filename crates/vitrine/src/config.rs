@@ -202,6 +202,9 @@ fn radio_native(c: &Cfg, ckpt: &Checkpoint) -> Result<RadioSpec> {
     let heads = c.usize("num_attention_heads")?;
     check_heads(hidden, heads, c.path)?;
     let patch = c.usize("patch_size")?;
+    if patch == 0 {
+        return Err(c.err("`patch_size` must be at least 1"));
+    }
     let num_cls = c.usize_opt("num_cls_tokens")?.unwrap_or(3);
     let summary_idxs = match c.present("summary_idxs") {
         None => vec![0, 1],

@@ -1,6 +1,6 @@
 //! The public entry point: a loaded model on one device, in one dtype.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vitrine_core::{Backend, DType, Error, HostTensor, Result};
 use vitrine_cpu::CpuBackend;
@@ -12,6 +12,7 @@ use crate::hub::{self, HubOptions, ModelSource};
 use crate::images::RgbImage;
 use crate::models::radio::RadioSpec;
 use crate::models::{internvit, radio, Model};
+use crate::numerics::{self, human_bytes, F16_MAX};
 use crate::preprocess::PreprocessConfig;
 use crate::weights::{KeyMap, Weights};
 
@@ -137,7 +138,15 @@ pub struct Encoder {
     report: LoadReport,
     preprocess: PreprocessConfig,
     source: ModelSource,
+    dir: PathBuf,
+    max_activation_bytes: Option<u64>,
 }
+
+// The encoder is shared by reference across threads (one model, many callers).
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Encoder>();
+};
 
 impl Encoder {
     /// Loads a model directory (`config.json` + safetensors, any supported
@@ -183,6 +192,14 @@ impl Encoder {
             report,
             preprocess,
             source: ModelSource::Local,
+            dir: dir.to_path_buf(),
+            // On the CPU, activations live in host memory: refuse what cannot
+            // fit in it. Device backends report their own out-of-memory.
+            max_activation_bytes: match device {
+                Device::Cpu => numerics::host_memory_bytes(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            },
         })
     }
 
@@ -307,6 +324,19 @@ impl Encoder {
         groups: &[HostTensor],
         intermediates: &[usize],
     ) -> Result<Vec<Embedding>> {
+        let outs = self.forward_groups_unchecked(groups, intermediates)?;
+        for (i, e) in outs.iter().enumerate() {
+            self.check_outputs(e, groups, i, &format!("image {i}"))?;
+        }
+        Ok(outs)
+    }
+
+    /// [`Self::forward_groups`] without the output check (callers check per image).
+    pub(crate) fn forward_groups_unchecked(
+        &self,
+        groups: &[HostTensor],
+        intermediates: &[usize],
+    ) -> Result<Vec<Embedding>> {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,7 +346,160 @@ impl Encoder {
                 "block {bad} does not exist (the model has {depth})"
             )));
         }
+        let mut need: u64 = 0;
+        for g in groups {
+            match g.shape() {
+                [b, _, h, w] => {
+                    need = need.saturating_add(self.activation_bytes(*b, *h, *w));
+                }
+                // Wrong ranks are reported by the model with the shape.
+                _ => {}
+            }
+        }
+        if let Some(limit) = self.max_activation_bytes {
+            if need > limit {
+                let sizes: Vec<String> =
+                    groups.iter().map(|g| format!("{:?}", g.shape())).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "pixels {} need about {} of activations, over the limit of {}; \
+                     use fewer or smaller images per batch",
+                    sizes.join(" + "),
+                    human_bytes(need),
+                    human_bytes(limit)
+                )));
+            }
+        }
         self.runner.forward(groups, intermediates)
+    }
+
+    /// Checks one output for NaN/Inf. On a hit, runs that image alone again
+    /// with every block's output kept to name the first block that went
+    /// non-finite. `index` is the image's position across `groups`.
+    pub(crate) fn check_outputs(
+        &self,
+        e: &Embedding,
+        groups: &[HostTensor],
+        index: usize,
+        label: &str,
+    ) -> Result<()> {
+        let bad = std::iter::once(&e.last_hidden_state)
+            .chain(e.summary.iter())
+            .chain(e.features.iter())
+            .chain(e.intermediates.iter())
+            .find_map(numerics::non_finite);
+        let Some(bad) = bad else {
+            return Ok(());
+        };
+        let block = self.first_non_finite_block(groups, index);
+        let at = match block {
+            Some(b) => format!("; first non-finite after block {b} of {}", self.depth()),
+            None => String::new(),
+        };
+        let hint = match self.dtype {
+            DType::F16 => " (f16 activations overflow past 65504: try bf16 or f32)",
+            _ => "",
+        };
+        Err(Error::Backend(format!(
+            "{label}: the output has {bad}{at}{hint}"
+        )))
+    }
+
+    fn first_non_finite_block(&self, groups: &[HostTensor], index: usize) -> Option<usize> {
+        // Find the image's group and row.
+        let mut rest = index;
+        let (g, row) = groups.iter().find_map(|g| {
+            let b = g.shape().first().copied().unwrap_or(0);
+            if rest < b {
+                Some((g, rest))
+            } else {
+                rest -= b;
+                None
+            }
+        })?;
+        let [_, c, h, w] = g.shape()[..] else {
+            return None;
+        };
+        let n = c * h * w;
+        let v = g.to_f32_vec();
+        let one =
+            HostTensor::from_f32(vec![1, c, h, w], v[row * n..(row + 1) * n].to_vec()).ok()?;
+        let all: Vec<usize> = (0..self.depth()).collect();
+        let out = self.runner.forward(&[one], &all).ok()?;
+        out.first()?
+            .intermediates
+            .iter()
+            .position(|t| numerics::non_finite(t).is_some())
+    }
+
+    /// A cheap upper estimate of the activation memory, in bytes, of one
+    /// forward pass over `batch` images of `height`×`width` pixels: the
+    /// residual stream, q/k/v, the MLP's hidden layer and the attention
+    /// scores of one block in flight, at the storage dtype (scores in f32).
+    pub fn activation_bytes(&self, batch: usize, height: usize, width: usize) -> u64 {
+        let (t, heads) = match &self.spec {
+            ModelSpec::Radio(s) => (&s.trunk, s.trunk.heads),
+            ModelSpec::InternVit(s) => (&s.trunk, s.trunk.heads),
+        };
+        let p = self.patch_size().max(1) as u64;
+        let tokens = (height as u64 / p)
+            .saturating_mul(width as u64 / p)
+            .saturating_add(self.num_prefix_tokens() as u64);
+        let elem = match self.dtype {
+            DType::F32 => 4,
+            _ => 2,
+        };
+        let per_token = (6 * t.hidden as u64 + t.mlp_hidden as u64).saturating_mul(elem);
+        let scores = (heads as u64)
+            .saturating_mul(tokens)
+            .saturating_mul(tokens)
+            .saturating_mul(4);
+        tokens
+            .saturating_mul(per_token)
+            .saturating_add(scores)
+            .saturating_mul(batch as u64)
+    }
+
+    /// The activation budget a forward pass must fit in (see
+    /// [`Self::activation_bytes`]); `None` means no limit. On the CPU it
+    /// defaults to the machine's physical memory.
+    pub fn max_activation_bytes(&self) -> Option<u64> {
+        self.max_activation_bytes
+    }
+
+    /// Sets the activation budget; batches over it are refused up front.
+    pub fn set_max_activation_bytes(&mut self, limit: Option<u64>) {
+        self.max_activation_bytes = limit;
+    }
+
+    /// Reads every floating-point tensor of the checkpoint again and checks
+    /// it for NaN/Inf and, when weights are stored as f16, for magnitudes past
+    /// 65504. The error names the first bad tensor (sorted by name). Opt-in:
+    /// it reads the whole checkpoint once more.
+    pub fn check_weights(&self) -> Result<()> {
+        let ckpt = Checkpoint::open(&self.dir)?;
+        for name in ckpt.names() {
+            let Ok(Some(t)) = ckpt.tensor(name) else {
+                continue; // integer buffers
+            };
+            if let Some(bad) = numerics::non_finite(&t) {
+                return Err(Error::checkpoint(
+                    &self.dir,
+                    format!("tensor `{name}` {:?} has {bad}", t.shape()),
+                ));
+            }
+            if self.dtype == DType::F16 {
+                let m = numerics::max_abs(&t);
+                if m > F16_MAX {
+                    return Err(Error::checkpoint(
+                        &self.dir,
+                        format!(
+                            "tensor `{name}` holds {m:e}, past the f16 range (±65504); load in bf16 or f32"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The resolved model description.

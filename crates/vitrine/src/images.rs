@@ -159,14 +159,40 @@ fn reader<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<ImageReader<Curs
 }
 
 fn decode_error(e: image::ImageError) -> Error {
-    Error::InvalidArgument(format!("cannot decode image: {e}"))
+    match e {
+        image::ImageError::Limits(l) => Error::InvalidArgument(format!(
+            "cannot decode image: {l} (its declared size is over the decode limits)"
+        )),
+        e => Error::InvalidArgument(format!("cannot decode image: {e}")),
+    }
+}
+
+/// A JPEG whose last scan is not followed by an end-of-image marker was cut
+/// short: the decoder would pad it with gray (PIL refuses such files too).
+/// Inside entropy-coded data `FF` is always stuffed, so neither marker can
+/// appear by accident after the last start-of-scan.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    let complete = last_sos.is_some_and(|i| bytes[i..].windows(2).any(|w| w == [0xff, 0xd9]));
+    if complete {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)"
+                .into(),
+        ))
+    }
 }
 
 /// Decodes an encoded image held in memory (see the module docs).
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     // First pass: headers only. Checks the declared size against the limits
     // before any pixel buffer exists, and reads the EXIF orientation.
-    let mut header = reader(bytes, limits)?
+    let r = reader(bytes, limits)?;
+    if r.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(bytes)?;
+    }
+    let mut header = r
         .into_decoder()
         .map_err(decode_error)?;
     let (w, h) = header.dimensions();

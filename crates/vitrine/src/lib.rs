@@ -39,6 +39,7 @@ pub mod hub;
 pub mod images;
 pub mod io;
 pub mod models;
+pub mod numerics;
 pub mod output;
 mod pipeline;
 pub mod preprocess;

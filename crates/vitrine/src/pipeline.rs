@@ -204,6 +204,34 @@ impl Encoder {
         pixels: &[HostTensor],
         intermediates: &[usize],
     ) -> Result<Vec<Embedding>> {
+        let outs = self.forward_images_unchecked(pixels, intermediates)?;
+        for (i, e) in outs.iter().enumerate() {
+            self.check_image_output(e, &pixels[i], &format!("image {i}"))?;
+        }
+        Ok(outs)
+    }
+
+    /// Checks one image's outputs for NaN/Inf (see `Encoder::check_outputs`).
+    fn check_image_output(&self, e: &Embedding, pixels: &HostTensor, label: &str) -> Result<()> {
+        let finite = std::iter::once(&e.last_hidden_state)
+            .chain(e.summary.iter())
+            .chain(e.features.iter())
+            .chain(e.intermediates.iter())
+            .all(|t| crate::numerics::non_finite(t).is_none());
+        if finite {
+            return Ok(());
+        }
+        let mut shape = vec![1];
+        shape.extend_from_slice(pixels.shape());
+        let one = pixels.clone().reshape(shape)?;
+        self.check_outputs(e, std::slice::from_ref(&one), 0, label)
+    }
+
+    fn forward_images_unchecked(
+        &self,
+        pixels: &[HostTensor],
+        intermediates: &[usize],
+    ) -> Result<Vec<Embedding>> {
         // Group same shapes (first-appearance order), remember where each went.
         let mut keys: Vec<Vec<usize>> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
@@ -226,7 +254,7 @@ impl Encoder {
             .iter()
             .map(|m| stack(&m.iter().map(|&i| &pixels[i]).collect::<Vec<_>>()))
             .collect::<Result<Vec<_>>>()?;
-        let outs = self.forward_groups(&groups, intermediates)?;
+        let outs = self.forward_groups_unchecked(&groups, intermediates)?;
         let mut slots: Vec<Option<Embedding>> = (0..pixels.len()).map(|_| None).collect();
         for (&i, e) in members.iter().flatten().zip(outs) {
             slots[i] = Some(e);
@@ -295,10 +323,12 @@ impl Encoder {
             }
         }
         if !pixels.is_empty() {
-            match self.forward_images(&pixels, &opts.intermediates) {
+            match self.forward_images_unchecked(&pixels, &opts.intermediates) {
                 Ok(outs) => {
-                    for (&i, e) in ok_idx.iter().zip(outs) {
-                        results[i] = Some(Ok(e));
+                    // Non-finite outputs fail their own image only, named by its source.
+                    for ((&i, e), px) in ok_idx.iter().zip(outs).zip(&pixels) {
+                        let label = sources[i].label(i);
+                        results[i] = Some(self.check_image_output(&e, px, &label).map(|_| e));
                     }
                 }
                 Err(e) => {
