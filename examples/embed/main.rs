@@ -105,6 +105,10 @@ struct Args {
     /// Hub cache directory (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Read every weight once more after loading and refuse NaN/Inf (and,
+    /// with --dtype f16, values past ±65504) before embedding anything.
+    #[arg(long)]
+    check_weights: bool,
 }
 
 fn pick_device(arg: Option<&str>, default_auto: bool) -> Result<Device> {
@@ -155,6 +159,9 @@ fn load(args: &Args, device: Device) -> Result<Encoder> {
                 "from the hub cache"
             }
         );
+    }
+    if args.check_weights {
+        enc.check_weights().context("checking the weights")?;
     }
     let unused = &enc.load_report().unused_tensors;
     if !unused.is_empty() {
