@@ -50,6 +50,17 @@ for f in "$KDIR"/hip/*.co; do
   printf '  %-28s %7d bytes\n' "$(basename "$f")" "$(stat -c %s "$f")"
 done
 
+# With --workspace, vitrine-cuda turns on candle's `cuda` feature for every
+# crate, so every test binary that links candle needs libcudart.so.13 and
+# libcuda.so.1 to start, even though nothing here calls CUDA. On a machine
+# without the NVIDIA driver, use the pinned toolchain's real libcudart and its
+# link stub of libcuda (every call fails cleanly, so CUDA probes "unavailable").
+if [[ -n ${CUDA_HOME:-} && -f $CUDA_HOME/lib/libcudart.so.13 ]] && ! ldconfig -p | grep -q 'libcuda.so.1 '; then
+  mkdir -p target/cuda-run-stubs
+  ln -sf "$CUDA_HOME/lib/stubs/libcuda.so" target/cuda-run-stubs/libcuda.so.1
+  export LD_LIBRARY_PATH=$CUDA_HOME/lib:$PWD/target/cuda-run-stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+
 step "clippy --features hip"
 cargo clippy --workspace --all-targets --features hip -- -D warnings
 
