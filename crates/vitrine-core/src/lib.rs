@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod checks;
 mod dtype;
 mod error;
 mod host;

@@ -6,7 +6,7 @@
 //! not a gigabyte.
 
 use candle_core::{DType as CDType, Tensor, D};
-use vitrine_core::{Error, Result, SeqLayout, TensorInfo};
+use vitrine_core::{checks, Result, SeqLayout, TensorInfo};
 
 use crate::{ce, CpuTensor};
 
@@ -18,32 +18,7 @@ pub(crate) fn attention(
     heads: usize,
     scale: f32,
 ) -> Result<CpuTensor> {
-    let dims = q.dims();
-    if dims.len() != 2 || k.dims() != dims || v.dims() != dims {
-        return Err(Error::shape(
-            "attention",
-            format!(
-                "q {:?}, k {:?}, v {:?} must be equal 2-D shapes",
-                dims,
-                k.dims(),
-                v.dims()
-            ),
-        ));
-    }
-    let (total, width) = (dims[0], dims[1]);
-    if heads == 0 || width % heads != 0 {
-        return Err(Error::shape(
-            "attention",
-            format!("width {width} is not divisible by {heads} heads"),
-        ));
-    }
-    if seqs.total() != total {
-        return Err(Error::shape(
-            "attention",
-            format!("{total} rows, layout covers {}", seqs.total()),
-        ));
-    }
-    let head_dim = width / heads;
+    let (_, _, head_dim) = checks::attention(&q.dims(), &k.dims(), &v.dims(), seqs, heads)?;
     let storage = q.inner().dtype();
     let f32_of = |t: &CpuTensor| t.inner().to_dtype(CDType::F32).map_err(ce);
     let (q, k, v) = (f32_of(q)?, f32_of(k)?, f32_of(v)?);

@@ -13,7 +13,7 @@ mod rows;
 
 use candle_core::{DType as CDType, Device, Tensor};
 use vitrine_core::{
-    Backend, DType, Error, HostData, HostTensor, ResizeSpec, Result, SeqLayout, TensorInfo,
+    checks, Backend, DType, Error, HostData, HostTensor, ResizeSpec, Result, SeqLayout, TensorInfo,
 };
 
 /// A tensor of the CPU backend.
@@ -87,13 +87,7 @@ pub(crate) fn from_f32(values: Vec<f32>, dims: &[usize], dtype: DType) -> Result
 }
 
 fn expect_rank2(op: &str, x: &CpuTensor) -> Result<(usize, usize)> {
-    match x.0.dims() {
-        &[r, c] => Ok((r, c)),
-        d => Err(Error::shape(
-            op,
-            format!("expected a 2-D tensor, got {d:?}"),
-        )),
-    }
+    checks::rank2(op, x.0.dims())
 }
 
 fn expect_vector(op: &str, v: &CpuTensor, len: usize) -> Result<()> {
@@ -257,25 +251,8 @@ impl Backend for CpuBackend {
         patch: usize,
         norm: Option<([f32; 3], [f32; 3])>,
     ) -> Result<CpuTensor> {
-        let dims: [usize; 4] = pixels.0.dims().try_into().map_err(|_| {
-            Error::shape(
-                "patchify",
-                format!("expected [b, c, h, w], got {:?}", pixels.0.dims()),
-            )
-        })?;
+        let dims = checks::patchify(pixels.0.dims(), patch, norm.is_some())?;
         let [b, c, h, w] = dims;
-        if patch == 0 || h % patch != 0 || w % patch != 0 {
-            return Err(Error::shape(
-                "patchify",
-                format!("{h}x{w} is not a multiple of patch {patch}"),
-            ));
-        }
-        if norm.is_some() && c != 3 {
-            return Err(Error::shape(
-                "patchify",
-                format!("normalisation needs 3 channels, got {c}"),
-            ));
-        }
         let y = rows::patchify(&f32_values(&pixels.0)?, dims, patch, norm);
         from_f32(
             y,

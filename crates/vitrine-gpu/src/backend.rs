@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 use vitrine_core::{
-    Backend, DType, Error, HostData, HostTensor, ResizeMode, ResizeSpec, Result, SeqLayout,
+    checks, Backend, DType, Error, HostData, HostTensor, ResizeMode, ResizeSpec, Result, SeqLayout,
     TensorInfo,
 };
 
@@ -72,13 +72,7 @@ fn int(v: usize, what: &str) -> Result<KernelArg> {
 }
 
 fn rank2<R: GpuRuntime>(op: &str, x: &GpuTensor<R>) -> Result<(usize, usize)> {
-    match x.dims[..] {
-        [r, c] => Ok((r, c)),
-        ref d => Err(Error::shape(
-            op,
-            format!("expected a 2-D tensor, got {d:?}"),
-        )),
-    }
+    checks::rank2(op, &x.dims)
 }
 
 fn vector<R: GpuRuntime>(op: &str, v: &GpuTensor<R>, len: usize, dtype: DType) -> Result<()> {
@@ -429,26 +423,13 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         heads: usize,
         scale: f32,
     ) -> Result<GpuTensor<R>> {
-        let (total, width) = rank2("attention", q)?;
-        if k.dims != q.dims || v.dims != q.dims || k.dtype != q.dtype || v.dtype != q.dtype {
+        if k.dtype != q.dtype || v.dtype != q.dtype {
             return Err(Error::shape(
                 "attention",
-                format!("q {:?}, k {:?}, v {:?}", q.dims, k.dims, v.dims),
+                format!("dtypes {} {} {}", q.dtype, k.dtype, v.dtype),
             ));
         }
-        if heads == 0 || !width.is_multiple_of(heads) {
-            return Err(Error::shape(
-                "attention",
-                format!("width {width} is not divisible by {heads} heads"),
-            ));
-        }
-        if seqs.total() != total {
-            return Err(Error::shape(
-                "attention",
-                format!("{total} rows, layout covers {}", seqs.total()),
-            ));
-        }
-        let head_dim = width / heads;
+        let (total, width, head_dim) = checks::attention(&q.dims, &k.dims, &v.dims, seqs, heads)?;
         if head_dim > 256 {
             return Err(Error::NotSupported {
                 op: "attention with head_dim > 256",
@@ -531,24 +512,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         patch: usize,
         norm: Option<([f32; 3], [f32; 3])>,
     ) -> Result<GpuTensor<R>> {
-        let [b, c, h, w] = pixels.dims[..] else {
-            return Err(Error::shape(
-                "patchify",
-                format!("expected [b, c, h, w], got {:?}", pixels.dims),
-            ));
-        };
-        if patch == 0 || !h.is_multiple_of(patch) || !w.is_multiple_of(patch) {
-            return Err(Error::shape(
-                "patchify",
-                format!("{h}x{w} is not a multiple of patch {patch}"),
-            ));
-        }
-        if norm.is_some() && c != 3 {
-            return Err(Error::shape(
-                "patchify",
-                format!("normalisation needs 3 channels, got {c}"),
-            ));
-        }
+        let [b, c, h, w] = checks::patchify(&pixels.dims, patch, norm.is_some())?;
         let stats = match norm {
             Some((mean, std)) => {
                 let bytes: Vec<u8> = mean

@@ -13,11 +13,11 @@
 //! The position grid is resized bicubically (A = -0.75, align_corners false)
 //! in the storage dtype, as HF does; the cls entry is never resized.
 
-use vitrine_core::{Backend, ResizeMode, ResizeSpec, Result, SeqLayout};
+use vitrine_core::{Backend, ResizeMode, ResizeSpec, Result};
 
 use crate::models::radio::image_grid;
 use crate::models::vit::{Linear, Trunk, TrunkSpec};
-use crate::models::{Embedded, GridCache, ImageOutputs};
+use crate::models::{unpack, Embedded, GridCache, ImageOutputs};
 use crate::weights::{Source, Weights};
 
 /// Canonical name of the class embedding `[1, 1, D]`.
@@ -151,8 +151,7 @@ impl<B: Backend> InternVit<B> {
     pub fn embed(&self, be: &B, groups: &[B::Tensor]) -> Result<Embedded<B>> {
         let p = self.spec.patch;
         let cls = be.residual(&self.class_embedding, &self.position_cls, None)?;
-        let mut parts = Vec::new();
-        let mut grids = Vec::new();
+        let mut embedded = Vec::with_capacity(groups.len());
         for pixels in groups {
             let (b, h, w) = image_grid(pixels, p)?;
             let tokens = self
@@ -162,19 +161,9 @@ impl<B: Backend> InternVit<B> {
                 .position_cache
                 .get_or_try((h, w), || self.position_patches(be, h, w))?;
             let tokens = be.residual(&tokens, &be.concat_rows(&vec![&pos; b])?, None)?;
-            for i in 0..b {
-                parts.push(cls.clone());
-                parts.push(be.slice_rows(&tokens, i * h * w, h * w)?);
-                grids.push((h, w));
-            }
+            embedded.push((tokens, b, (h, w)));
         }
-        let refs: Vec<&B::Tensor> = parts.iter().collect();
-        let lengths: Vec<usize> = grids.iter().map(|(h, w)| 1 + h * w).collect();
-        Ok(Embedded {
-            x: be.concat_rows(&refs)?,
-            seqs: SeqLayout::from_lengths(&lengths)?,
-            grids,
-        })
+        Embedded::pack(be, &cls, &embedded)
     }
 
     /// Full forward pass; `keep` lists blocks whose outputs to return too.
@@ -184,24 +173,8 @@ impl<B: Backend> InternVit<B> {
         groups: &[B::Tensor],
         keep: &[usize],
     ) -> Result<Vec<ImageOutputs<B>>> {
-        let e = self.embed(be, groups)?;
-        let (x, kept) = self.layers.forward(be, e.x, &e.seqs, keep)?;
-        e.grids
-            .iter()
-            .enumerate()
-            .map(|(i, &grid)| {
-                let range = e.seqs.range(i);
-                Ok(ImageOutputs {
-                    last_hidden_state: be.slice_rows(&x, range.start, range.len())?,
-                    summary: None,
-                    features: None,
-                    intermediates: kept
-                        .iter()
-                        .map(|t| be.slice_rows(t, range.start, range.len()))
-                        .collect::<Result<_>>()?,
-                    grid,
-                })
-            })
-            .collect()
+        let Embedded { x, seqs, grids } = self.embed(be, groups)?;
+        let (x, kept) = self.layers.forward(be, x, &seqs, keep)?;
+        unpack(be, &seqs, &grids, &x, &kept)
     }
 }

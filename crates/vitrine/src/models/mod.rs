@@ -7,7 +7,7 @@ pub mod vit;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use vitrine_core::{Backend, Result, SeqLayout};
+use vitrine_core::{Backend, Result, SeqLayout, TensorInfo};
 
 use crate::config::ModelSpec;
 use crate::weights::Weights;
@@ -20,6 +20,63 @@ pub struct Embedded<B: Backend> {
     pub seqs: SeqLayout,
     /// Patch grid `(h, w)` of each image.
     pub grids: Vec<(usize, usize)>,
+}
+
+impl<B: Backend> Embedded<B> {
+    /// Packs image groups into one sequence batch. Each group is `b` images
+    /// of grid `(h, w)` whose patch tokens are `tokens [b·h·w, D]`; every
+    /// image's sequence is `prefix` (cls / register rows) then its tokens.
+    pub(crate) fn pack(
+        be: &B,
+        prefix: &B::Tensor,
+        groups: &[(B::Tensor, usize, (usize, usize))],
+    ) -> Result<Self> {
+        let prefix_len = prefix.dims().first().copied().unwrap_or(0);
+        let mut parts = Vec::new();
+        let mut grids = Vec::new();
+        for (tokens, b, (h, w)) in groups {
+            for i in 0..*b {
+                parts.push(prefix.clone());
+                parts.push(be.slice_rows(tokens, i * h * w, h * w)?);
+                grids.push((*h, *w));
+            }
+        }
+        let refs: Vec<&B::Tensor> = parts.iter().collect();
+        let lengths: Vec<usize> = grids.iter().map(|(h, w)| prefix_len + h * w).collect();
+        Ok(Embedded {
+            x: be.concat_rows(&refs)?,
+            seqs: SeqLayout::from_lengths(&lengths)?,
+            grids,
+        })
+    }
+}
+
+/// Splits the trunk's packed outputs back into per-image outputs
+/// (`summary` and `features` are left for the model to fill).
+pub(crate) fn unpack<B: Backend>(
+    be: &B,
+    seqs: &SeqLayout,
+    grids: &[(usize, usize)],
+    x: &B::Tensor,
+    kept: &[B::Tensor],
+) -> Result<Vec<ImageOutputs<B>>> {
+    grids
+        .iter()
+        .enumerate()
+        .map(|(i, &grid)| {
+            let range = seqs.range(i);
+            Ok(ImageOutputs {
+                last_hidden_state: be.slice_rows(x, range.start, range.len())?,
+                summary: None,
+                features: None,
+                intermediates: kept
+                    .iter()
+                    .map(|t| be.slice_rows(t, range.start, range.len()))
+                    .collect::<Result<_>>()?,
+                grid,
+            })
+        })
+        .collect()
 }
 
 /// Per-image device outputs of a forward pass.

@@ -13,10 +13,10 @@
 //! stretch). `align_corners` is false since NVlabs' 2025-06-28 change; older
 //! checkpoints used true (`cpe_align_corners` in the config).
 
-use vitrine_core::{Backend, DType, Error, ResizeMode, ResizeSpec, Result, SeqLayout, TensorInfo};
+use vitrine_core::{Backend, DType, Error, ResizeMode, ResizeSpec, Result, TensorInfo};
 
 use crate::models::vit::{Linear, Trunk, TrunkSpec};
-use crate::models::{Embedded, GridCache, ImageOutputs};
+use crate::models::{unpack, Embedded, GridCache, ImageOutputs};
 use crate::weights::{Source, Weights};
 
 /// Canonical name of the patch projection.
@@ -205,29 +205,16 @@ impl<B: Backend> Radio<B> {
     /// one packed sequence batch.
     pub fn embed(&self, be: &B, groups: &[B::Tensor]) -> Result<Embedded<B>> {
         let p = self.spec.patch;
-        let prefix = self.spec.num_prefix();
-        let mut parts: Vec<B::Tensor> = Vec::new();
-        let mut grids = Vec::new();
+        let mut embedded = Vec::with_capacity(groups.len());
         for pixels in groups {
             let (b, h, w) = image_grid(pixels, p)?;
             let patches = be.patchify(pixels, p, Some((self.norm_mean, self.norm_std)))?;
             let tokens = self.embedder.forward(be, &patches)?;
             let pos = self.cpe_cache.get_or_try((h, w), || self.cpe(be, h, w))?;
-            let pos = be.concat_rows(&vec![&pos; b])?;
-            let tokens = be.residual(&tokens, &pos, None)?;
-            for i in 0..b {
-                parts.push(self.cls_token.clone());
-                parts.push(be.slice_rows(&tokens, i * h * w, h * w)?);
-                grids.push((h, w));
-            }
+            let tokens = be.residual(&tokens, &be.concat_rows(&vec![&pos; b])?, None)?;
+            embedded.push((tokens, b, (h, w)));
         }
-        let refs: Vec<&B::Tensor> = parts.iter().collect();
-        let lengths: Vec<usize> = grids.iter().map(|(h, w)| prefix + h * w).collect();
-        Ok(Embedded {
-            x: be.concat_rows(&refs)?,
-            seqs: SeqLayout::from_lengths(&lengths)?,
-            grids,
-        })
+        Embedded::pack(be, &self.cls_token, &embedded)
     }
 
     /// Full forward pass; `keep` lists blocks whose outputs to return too.
@@ -237,32 +224,21 @@ impl<B: Backend> Radio<B> {
         groups: &[B::Tensor],
         keep: &[usize],
     ) -> Result<Vec<ImageOutputs<B>>> {
-        let e = self.embed(be, groups)?;
-        let (x, kept) = self.blocks.forward(be, e.x, &e.seqs, keep)?;
+        let Embedded { x, seqs, grids } = self.embed(be, groups)?;
+        let (x, kept) = self.blocks.forward(be, x, &seqs, keep)?;
         let prefix = self.spec.num_prefix();
-        let mut out = Vec::with_capacity(e.grids.len());
-        for (i, &(h, w)) in e.grids.iter().enumerate() {
-            let range = e.seqs.range(i);
-            let last = be.slice_rows(&x, range.start, range.len())?;
+        let mut out = unpack(be, &seqs, &grids, &x, &kept)?;
+        for o in &mut out {
+            let (h, w) = o.grid;
+            // summary = the chosen cls tokens, concatenated in summary_idxs order.
             let cls: Vec<B::Tensor> = self
                 .spec
                 .summary_idxs
                 .iter()
-                .map(|&j| be.slice_rows(&last, j, 1))
+                .map(|&j| be.slice_rows(&o.last_hidden_state, j, 1))
                 .collect::<Result<_>>()?;
-            let summary = be.concat_rows(&cls.iter().collect::<Vec<_>>())?;
-            let features = be.slice_rows(&last, prefix, h * w)?;
-            let intermediates = kept
-                .iter()
-                .map(|t| be.slice_rows(t, range.start, range.len()))
-                .collect::<Result<_>>()?;
-            out.push(ImageOutputs {
-                last_hidden_state: last,
-                summary: Some(summary),
-                features: Some(features),
-                intermediates,
-                grid: (h, w),
-            });
+            o.summary = Some(be.concat_rows(&cls.iter().collect::<Vec<_>>())?);
+            o.features = Some(be.slice_rows(&o.last_hidden_state, prefix, h * w)?);
         }
         Ok(out)
     }
