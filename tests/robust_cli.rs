@@ -21,7 +21,9 @@ fn embed_bin() -> PathBuf {
         cmd.arg("--release");
     }
     assert!(cmd.status().unwrap().success(), "building embed");
-    profile.join("examples").join(format!("embed{}", std::env::consts::EXE_SUFFIX))
+    profile
+        .join("examples")
+        .join(format!("embed{}", std::env::consts::EXE_SUFFIX))
 }
 
 #[test]
@@ -48,11 +50,17 @@ fn check_weights_flag_and_non_finite_outputs() {
     let o = run(&["--check-weights"]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains(name) && e.contains("non-finite") && !e.contains("panicked"), "{e}");
+    assert!(
+        e.contains(name) && e.contains("non-finite") && !e.contains("panicked"),
+        "{e}"
+    );
     assert!(!out.exists());
     let o = run(&[]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("photo.jpg") && e.contains("first non-finite after block 1"), "{e}");
+    assert!(
+        e.contains("photo.jpg") && e.contains("first non-finite after block 1"),
+        "{e}"
+    );
     assert!(!out.exists());
 }

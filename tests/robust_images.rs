@@ -21,7 +21,11 @@ fn decode_err(bytes: &[u8]) -> String {
     assert!(t.elapsed() < Duration::from_secs(2), "bounded time");
     match r {
         Err(Error::InvalidArgument(m)) => m,
-        Ok(img) => panic!("expected an error, got a {}x{} image", img.width(), img.height()),
+        Ok(img) => panic!(
+            "expected an error, got a {}x{} image",
+            img.width(),
+            img.height()
+        ),
         Err(e) => panic!("expected InvalidArgument, got {e:?}"),
     }
 }
@@ -72,7 +76,10 @@ fn truncated_files_of_each_format() {
     }
     let jpg = asset("photo.jpg");
     let m = decode_err(&jpg[..jpg.len() - 2]);
-    assert_eq!(m, "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)");
+    assert_eq!(
+        m,
+        "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)"
+    );
     // Trailing bytes after the end marker are tolerated, as PIL does.
     let mut tail = jpg.clone();
     tail.extend_from_slice(b"trailing");
@@ -94,7 +101,10 @@ fn a_decompression_bomb_is_refused_before_allocation() {
     let bomb = png(100_000, 100_000, 8, 2, &[vec![0; 3]], None);
     assert!(bomb.len() < 100);
     let m = decode_err(&bomb);
-    assert!(m.starts_with("cannot decode image") && m.contains("over the decode limits"), "{m}");
+    assert!(
+        m.starts_with("cannot decode image") && m.contains("over the decode limits"),
+        "{m}"
+    );
     // Within the side limits but over the allocation limit.
     let wide = png(16_000, 16_000, 16, 6, &[vec![0; 8]], None);
     let m = decode_err(&wide);
@@ -114,10 +124,7 @@ fn a_decompression_bomb_is_refused_before_allocation() {
     };
     let ok = png(9, 1, 8, 2, &[vec![7; 27]], None);
     let r = decode_image(&ok, &small).unwrap_err().to_string();
-    assert!(
-        r.contains("over the decode limits"),
-        "{r}"
-    );
+    assert!(r.contains("over the decode limits"), "{r}");
 }
 
 #[test]

@@ -121,7 +121,14 @@ fn shape_that_disagrees_with_the_config() {
     let dir = edited_model("shape", "radio_v4", |t| {
         t.iter_mut().find(|x| x.name == name).unwrap().shape = vec![24, 2];
     });
-    expect_checkpoint_err(&dir, &["blocks.0.norm1.weight", "[24, 2]", "the config implies [48]"]);
+    expect_checkpoint_err(
+        &dir,
+        &[
+            "blocks.0.norm1.weight",
+            "[24, 2]",
+            "the config implies [48]",
+        ],
+    );
 }
 
 #[test]

@@ -348,12 +348,9 @@ impl Encoder {
         }
         let mut need: u64 = 0;
         for g in groups {
-            match g.shape() {
-                [b, _, h, w] => {
-                    need = need.saturating_add(self.activation_bytes(*b, *h, *w));
-                }
-                // Wrong ranks are reported by the model with the shape.
-                _ => {}
+            // Wrong ranks are reported by the model with the shape.
+            if let [b, _, h, w] = g.shape() {
+                need = need.saturating_add(self.activation_bytes(*b, *h, *w));
             }
         }
         if let Some(limit) = self.max_activation_bytes {

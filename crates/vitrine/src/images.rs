@@ -192,9 +192,7 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     if r.format() == Some(image::ImageFormat::Jpeg) {
         check_jpeg_complete(bytes)?;
     }
-    let mut header = r
-        .into_decoder()
-        .map_err(decode_error)?;
+    let mut header = r.into_decoder().map_err(decode_error)?;
     let (w, h) = header.dimensions();
     if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height {
         return Err(Error::InvalidArgument(format!(
