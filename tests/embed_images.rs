@@ -2,6 +2,8 @@
 //! sizes, batch-composition invariance, the bad-image path, hub ids through
 //! an offline cache, and clean errors.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -27,37 +29,8 @@ fn images_dir() -> String {
     root().join("assets/images").display().to_string()
 }
 
-/// Builds the example with this test binary's profile (or takes
-/// `VITRINE_EMBED_BIN`), so a stale binary is never tested.
-fn embed_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("VITRINE_EMBED_BIN") {
-        return PathBuf::from(bin);
-    }
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--example", "embed", "--manifest-path"])
-            .arg(root().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile.parent().unwrap());
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "building the embed example"
-        );
-        profile
-            .join("examples")
-            .join(format!("embed{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
-}
-
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(embed_bin());
+    let mut c = Command::new(common::embed_binary());
     c.args(args);
     // The tests run in parallel: one compute thread per child keeps the
     // children's thread pools from spinning against each other on small CPUs.

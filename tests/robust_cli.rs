@@ -2,29 +2,12 @@
 //! with a NaN weight is refused up front with the tensor named, and without
 //! the flag every image fails by name (exit 2) instead of writing NaNs.
 
+mod common;
 mod robust_util;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use robust_util::*;
-
-fn embed_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--example", "embed", "--manifest-path"])
-        .arg(root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile.parent().unwrap());
-    if profile.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().unwrap().success(), "building embed");
-    profile
-        .join("examples")
-        .join(format!("embed{}", std::env::consts::EXE_SUFFIX))
-}
 
 #[test]
 fn check_weights_flag_and_non_finite_outputs() {
@@ -37,7 +20,7 @@ fn check_weights_flag_and_non_finite_outputs() {
     });
     let img = root().join("assets/images/photo.jpg");
     let out = temp_dir("cli-out").join("o.safetensors");
-    let bin = embed_bin();
+    let bin = common::embed_binary();
     let run = |extra: &[&str]| {
         let mut c = Command::new(&bin);
         c.args(["--model", dir.to_str().unwrap(), "--device", "cpu"])

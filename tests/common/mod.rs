@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use half::{bf16, f16};
 use safetensors::tensor::Dtype;
@@ -230,4 +231,38 @@ pub fn nmse(ours: &[f64], reference: &[f64]) -> (f64, usize) {
         norm += r * r;
     }
     (err / norm.max(f64::MIN_POSITIVE), bad)
+}
+
+/// Builds the example with the profile of this test binary and returns its
+/// path (or takes `VITRINE_EMBED_BIN`). `cargo test --test embed_cli` alone does not rebuild examples, so
+/// relying on what is in `target/` could test a stale binary.
+pub fn embed_binary() -> PathBuf {
+    // On a machine without cargo (the GPU test machine), the binary is given.
+    if let Some(bin) = std::env::var_os("VITRINE_EMBED_BIN") {
+        return PathBuf::from(bin);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--example", "embed", "--manifest-path"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(profile_dir.parent().expect("target dir"));
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build --example embed");
+            assert!(status.success(), "building the embed example failed");
+            profile_dir
+                .join("examples")
+                .join(format!("embed{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
