@@ -105,3 +105,234 @@ VT_DEVICE void attention(const T* q, int ldq, const T* k, int ldk, const T* v, i
     attention<T>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs, heads, head_dim, scale); \
   }
 VT_FOR_EACH_DTYPE(VT_ATTENTION)
+
+// ---------------------------------------------------------------------------
+// Fused attention (f16 / bf16): the same packed variable-length contract and
+// arguments as the reference kernel above, computed the FlashAttention-2 way.
+//
+// A block of 4 tile groups owns 64 query rows of one (sequence, head); group
+// w owns rows 16w..16w+15 and keeps their Q fragments, the running max and
+// sum and the output accumulator in registers. The block walks the
+// sequence's keys in tiles of 64: K and V tiles are staged in shared memory,
+// S = Q·Kᵀ and O += P·V run on the tile MMA (fp32 accumulate), the softmax
+// statistics stay in fp32, and P is rounded to T for the second product
+// exactly as FlashAttention does. HD is head_dim rounded up to a multiple of
+// 16; the padding is zero in Q and K and never written to the output.
+//
+// Launch: block = 128 threads (4 tile groups of VT_MMA_GROUP lanes: one wave
+// of 128 lanes is not assumed anywhere), grid = num_seqs · heads ·
+// ceil(max_seqlen / 64), block b taking query tile b % tiles of head
+// (b / tiles) % heads of sequence b / (tiles · heads). Empty tiles return.
+// ---------------------------------------------------------------------------
+#define VT_FA_ROWS 64
+#define VT_FA_KEYS 64
+#define VT_FA_GROUPS (VT_FA_ROWS / 16)
+
+VT_DEVICE uint16_t vt_bits16(vt_f16 x) { return __half_as_ushort(x); }
+VT_DEVICE uint16_t vt_bits16(vt_bf16 x) { return x; }
+
+template <typename T> VT_DEVICE uint32_t vt_pack2(float lo, float hi) {
+  return (uint32_t)vt_bits16(vt_from_f32<T>(lo)) | ((uint32_t)vt_bits16(vt_from_f32<T>(hi)) << 16);
+}
+
+template <typename T> VT_DEVICE void vt_mma(float d[4], const uint32_t a[4], const uint32_t b[2]);
+template <> VT_DEVICE void vt_mma<vt_f16>(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  vt_mma_16x8x16_f16(d, a, b);
+}
+template <> VT_DEVICE void vt_mma<vt_bf16>(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  vt_mma_16x8x16_bf16(d, a, b);
+}
+
+// Two adjacent elements (row, col) and (row, col + 1) of a head's slice as
+// one packed register; zero outside the sequence or past head_dim.
+template <typename T>
+VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, int head_dim) {
+  if (row >= rows) return 0;
+  const uint16_t* p = (const uint16_t*)(base + (long)row * ld);
+  const uint32_t lo = col < head_dim ? p[col] : 0;
+  const uint32_t hi = col + 1 < head_dim ? p[col + 1] : 0;
+  return lo | (hi << 16);
+}
+
+// Stages rows [0, rows) of a head's [*, head_dim] slice into a
+// VT_FA_KEYS × (HD + 8) shared tile, zero-filling the rest. 16-byte vectors
+// when every row start is 16-byte aligned, single elements otherwise.
+template <int HD>
+VT_DEVICE void stage_tile(uint16_t (*tile)[HD + 8], const uint16_t* base, int ld, int rows,
+                          int head_dim, bool vec) {
+  if (vec) {
+    constexpr int CHUNKS = HD / 8;
+    for (int i = threadIdx.x; i < VT_FA_KEYS * CHUNKS; i += blockDim.x) {
+      const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < rows && c < head_dim) v = *(const uint4*)(base + (long)r * ld + c);
+      *(uint4*)&tile[r][c] = v;
+    }
+  } else {
+    for (int i = threadIdx.x; i < VT_FA_KEYS * HD; i += blockDim.x) {
+      const int r = i / HD, c = i % HD;
+      tile[r][c] = (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
+    }
+  }
+}
+
+template <typename T, int HD>
+VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out,
+                               int ldo, const int* cu_seqlens, int num_seqs, int max_seqlen,
+                               int heads, int head_dim, float scale) {
+  __shared__ __align__(16) uint16_t ks[VT_FA_KEYS][HD + 8];
+  __shared__ __align__(16) uint16_t vs[VT_FA_KEYS][HD + 8];
+
+  const int tiles = (max_seqlen + VT_FA_ROWS - 1) / VT_FA_ROWS;
+  const int tile = blockIdx.x % tiles;
+  const int head = (blockIdx.x / tiles) % heads;
+  const int seq = blockIdx.x / (tiles * heads);
+  if (seq >= num_seqs) return;
+  const int start = cu_seqlens[seq], len = cu_seqlens[seq + 1] - start;
+  const int q0 = tile * VT_FA_ROWS;
+  if (q0 >= len) return;  // uniform across the block: no barrier is skipped by some only
+
+  const int col0 = head * head_dim;
+  const int group = threadIdx.x / VT_MMA_GROUP, lane = threadIdx.x % VT_MMA_GROUP;
+  const int g = lane / 4, t = lane % 4;
+  // Scores are kept in log2 units so the exponentials are exp2.
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  // Q fragments of this group's 16 rows (rows relative to the sequence).
+  const T* qh = q + (long)start * ldq + col0;
+  const int ra = q0 + group * 16 + g, rb = ra + 8;
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const int c = kk * 16 + 2 * t;
+    qf[kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
+    qf[kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
+    qf[kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
+    qf[kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
+  }
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  float m_a = vt_neg_inf(), m_b = vt_neg_inf();  // running max of rows ra and rb
+  float l_a = 0.0f, l_b = 0.0f;                  // this lane's part of the running sums
+
+  const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
+  const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
+  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
+                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
+
+  for (int j0 = 0; j0 < len; j0 += VT_FA_KEYS) {
+    const int keys = min(VT_FA_KEYS, len - j0);
+    __syncthreads();  // the previous tile's readers are done
+    stage_tile<HD>(ks, kh + (long)j0 * ldk, ldk, keys, head_dim, vec);
+    stage_tile<HD>(vs, vh + (long)j0 * ldv, ldv, keys, head_dim, vec);
+    __syncthreads();
+
+    // S = Q·Kᵀ for 16 rows × 64 keys: 8 n-tiles of 8 keys.
+    float s[VT_FA_KEYS / 8][4];
+#pragma unroll
+    for (int j = 0; j < VT_FA_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+      for (int j = 0; j < VT_FA_KEYS / 8; j += 2) {
+        uint32_t b0[2], b1[2];
+        vt_frag_b_rows(b0, b1, &ks[0][0], HD + 8, j * 8, kk * 16);
+        vt_mma<T>(s[j], qf[kk], b0);
+        vt_mma<T>(s[j + 1], qf[kk], b1);
+      }
+    }
+
+    // Scale, mask keys past the sequence, and take each row's max.
+    float mx_a = vt_neg_inf(), mx_b = vt_neg_inf();
+#pragma unroll
+    for (int j = 0; j < VT_FA_KEYS / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool valid = j * 8 + 2 * t + e < keys;
+        s[j][e] = valid ? s[j][e] * scale_log2 : vt_neg_inf();
+        s[j][2 + e] = valid ? s[j][2 + e] * scale_log2 : vt_neg_inf();
+        mx_a = fmaxf(mx_a, s[j][e]);
+        mx_b = fmaxf(mx_b, s[j][2 + e]);
+      }
+    }
+    // A row's 64 scores are spread over the 4 lanes of its quad.
+    mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 1));
+    mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 2));
+    mx_b = fmaxf(mx_b, vt_group_shfl_xor(mx_b, 1));
+    mx_b = fmaxf(mx_b, vt_group_shfl_xor(mx_b, 2));
+    const float new_a = fmaxf(m_a, mx_a), new_b = fmaxf(m_b, mx_b);
+    const float resc_a = vt_exp2f(m_a - new_a), resc_b = vt_exp2f(m_b - new_b);  // 0 at first
+    m_a = new_a;
+    m_b = new_b;
+    l_a *= resc_a;
+    l_b *= resc_b;
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d) {
+      o[d][0] *= resc_a;
+      o[d][1] *= resc_a;
+      o[d][2] *= resc_b;
+      o[d][3] *= resc_b;
+    }
+
+    // P = exp2(S - max), summed in fp32, then rounded to T as the A operand
+    // of P·V: 16 keys per k-step are two adjacent n-tiles of S.
+#pragma unroll
+    for (int kk = 0; kk < VT_FA_KEYS / 16; ++kk) {
+      float p[2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float* sj = s[2 * kk + h];
+        p[h][0] = vt_exp2f(sj[0] - m_a);
+        p[h][1] = vt_exp2f(sj[1] - m_a);
+        p[h][2] = vt_exp2f(sj[2] - m_b);
+        p[h][3] = vt_exp2f(sj[3] - m_b);
+        l_a += p[h][0] + p[h][1];
+        l_b += p[h][2] + p[h][3];
+      }
+      const uint32_t pa[4] = {vt_pack2<T>(p[0][0], p[0][1]), vt_pack2<T>(p[0][2], p[0][3]),
+                              vt_pack2<T>(p[1][0], p[1][1]), vt_pack2<T>(p[1][2], p[1][3])};
+#pragma unroll
+      for (int d = 0; d < HD / 8; d += 2) {
+        uint32_t b0[2], b1[2];
+        vt_frag_b_cols(b0, b1, &vs[0][0], HD + 8, kk * 16, d * 8);
+        vt_mma<T>(o[d], pa, b0);
+        vt_mma<T>(o[d + 1], pa, b1);
+      }
+    }
+  }
+
+  l_a += vt_group_shfl_xor(l_a, 1);
+  l_a += vt_group_shfl_xor(l_a, 2);
+  l_b += vt_group_shfl_xor(l_b, 1);
+  l_b += vt_group_shfl_xor(l_b, 2);
+  const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+  T* oh = out + (long)start * ldo + col0;
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = d * 8 + 2 * t + e;
+      if (c >= head_dim) continue;
+      if (ra < len) oh[(long)ra * ldo + c] = vt_from_f32<T>(o[d][e] * inv_a);
+      if (rb < len) oh[(long)rb * ldo + c] = vt_from_f32<T>(o[d][2 + e] * inv_b);
+    }
+  }
+}
+
+#define VT_FLASH_ATTENTION(sfx, T, HD)                                                          \
+  VT_KERNEL vt_flash_attention_##sfx##_d##HD(                                                   \
+      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,           \
+      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) { \
+    flash_attention<T, HD>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs, max_seqlen,  \
+                           heads, head_dim, scale);                                              \
+  }
+#define VT_FLASH_ATTENTION_DIMS(sfx, T) \
+  VT_FLASH_ATTENTION(sfx, T, 32)        \
+  VT_FLASH_ATTENTION(sfx, T, 64)        \
+  VT_FLASH_ATTENTION(sfx, T, 80)        \
+  VT_FLASH_ATTENTION(sfx, T, 96)        \
+  VT_FLASH_ATTENTION(sfx, T, 128)
+VT_FLASH_ATTENTION_DIMS(f16, vt_f16)
+VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)

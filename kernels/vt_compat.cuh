@@ -90,3 +90,156 @@ VT_DEVICE float vt_shfl_xor(float v, int mask) {
 }
 VT_DEVICE float vt_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src, VT_WARP_SIZE); }
 #endif
+
+// ---------------------------------------------------------------------------
+// Tile MMA: D[16×8] += A[16×16] · B[16×8], fp32 accumulate, performed by one
+// tile group of VT_MMA_GROUP lanes. This is a fragment layout contract, not
+// the wave size: a 64-wide AMD wave holds two independent tile groups.
+//
+// Lane l of a group has g = l / 4 and t = l % 4. Each 32-bit register holds
+// two 16-bit elements, the lower index in the low half:
+//   a[0] = A[g][2t..2t+1]     a[1] = A[g+8][2t..2t+1]
+//   a[2] = A[g][2t+8..2t+9]   a[3] = A[g+8][2t+8..2t+9]
+//   b[0] = B[2t..2t+1][g]     b[1] = B[2t+8..2t+9][g]
+//   d[0..1] = D[g][2t..2t+1]  d[2..3] = D[g+8][2t..2t+1]
+// That is NVIDIA's m16n8k16 layout: on CUDA one `mma.sync` instruction (the
+// f16 and bf16 forms need sm_80+). On HIP the same contract is met with
+// shuffles inside the group and fp32 FMAs: exact (every product of two
+// 16-bit floats is exact in fp32) but without matrix cores; mapping it onto
+// MFMA/WMMA is the AMD speed-up still to do.
+// ---------------------------------------------------------------------------
+#define VT_MMA_GROUP 32
+
+VT_DEVICE float vt_f16_bits_to_f32(uint32_t bits) {
+  return __half2float(__ushort_as_half((unsigned short)bits));
+}
+
+#if defined(VT_HIP)
+template <bool BF16>
+VT_DEVICE float vt_mma_unpack(uint32_t reg, int hi) {
+  const uint32_t bits = hi ? (reg >> 16) : (reg & 0xffffu);
+  return BF16 ? vt_bits_to_f32(bits << 16) : vt_f16_bits_to_f32(bits);
+}
+
+VT_DEVICE uint32_t vt_group_shfl(uint32_t v, int src) {
+  return (uint32_t)__shfl((int)v, src, VT_MMA_GROUP);
+}
+
+template <bool BF16>
+VT_DEVICE void vt_mma_emulated(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  const int lane = threadIdx.x % VT_MMA_GROUP;
+  const int g = lane / 4, t = lane % 4;
+  // Columns 2t and 2t+1 of B live in the lanes whose g is that column.
+  for (int src_t = 0; src_t < 4; ++src_t) {
+    const uint32_t a_lo0 = vt_group_shfl(a[0], 4 * g + src_t);
+    const uint32_t a_hi0 = vt_group_shfl(a[1], 4 * g + src_t);
+    const uint32_t a_lo2 = vt_group_shfl(a[2], 4 * g + src_t);
+    const uint32_t a_hi2 = vt_group_shfl(a[3], 4 * g + src_t);
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t b0 = vt_group_shfl(b[0], 4 * (2 * t + c) + src_t);
+      const uint32_t b1 = vt_group_shfl(b[1], 4 * (2 * t + c) + src_t);
+      for (int e = 0; e < 2; ++e) {
+        // k = 2·src_t + e (from a[0]/a[1], b[0]) and k + 8 (a[2]/a[3], b[1]).
+        const float bk = vt_mma_unpack<BF16>(b0, e), bk8 = vt_mma_unpack<BF16>(b1, e);
+        d[c] = fmaf(vt_mma_unpack<BF16>(a_lo0, e), bk, d[c]);
+        d[c] = fmaf(vt_mma_unpack<BF16>(a_lo2, e), bk8, d[c]);
+        d[2 + c] = fmaf(vt_mma_unpack<BF16>(a_hi0, e), bk, d[2 + c]);
+        d[2 + c] = fmaf(vt_mma_unpack<BF16>(a_hi2, e), bk8, d[2 + c]);
+      }
+    }
+  }
+}
+
+VT_DEVICE void vt_mma_16x8x16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  vt_mma_emulated<false>(d, a, b);
+}
+VT_DEVICE void vt_mma_16x8x16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  vt_mma_emulated<true>(d, a, b);
+}
+#else
+VT_DEVICE void vt_mma_16x8x16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+VT_DEVICE void vt_mma_16x8x16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Shuffle inside a tile group (the quad reductions of the fused attention).
+#if defined(VT_HIP)
+VT_DEVICE float vt_group_shfl_xor(float v, int mask) { return __shfl_xor(v, mask, VT_MMA_GROUP); }
+#else
+VT_DEVICE float vt_group_shfl_xor(float v, int mask) {
+  return __shfl_xor_sync(0xffffffffu, v, mask, VT_MMA_GROUP);
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// B fragments (two adjacent 8-column n-tiles, one 16-deep k-chunk) read from a
+// row-major 16-bit matrix in shared memory with row stride `ld` elements
+// (ld·2 bytes and every `n0`/`k0` multiples of 16 bytes).
+//   vt_frag_b_rows: B[k][n] = tile[n0 + n][k0 + k]   (a K tile for Q·Kᵀ)
+//   vt_frag_b_cols: B[k][n] = tile[k0 + k][n0 + n]   (a V tile for P·V)
+// b0 holds n-tile 0 (n0..n0+7), b1 n-tile 1 (n0+8..n0+15), laid out as the
+// b operand of the tile MMA above. CUDA uses ldmatrix (.trans for the column
+// form), four 8×8 matrices per instruction; HIP reads the halves directly.
+// ---------------------------------------------------------------------------
+#if defined(VT_HIP)
+VT_DEVICE uint32_t vt_pair(const uint16_t* lo, const uint16_t* hi) {
+  return (uint32_t)*lo | ((uint32_t)*hi << 16);
+}
+
+VT_DEVICE void vt_frag_b_rows(uint32_t b0[2], uint32_t b1[2], const uint16_t* tile, int ld, int n0,
+                              int k0) {
+  const int lane = threadIdx.x % VT_MMA_GROUP, g = lane / 4, t = lane % 4;
+  const uint16_t* r0 = tile + (n0 + g) * ld + k0 + 2 * t;
+  const uint16_t* r1 = r0 + 8 * ld;
+  b0[0] = vt_pair(r0, r0 + 1);
+  b0[1] = vt_pair(r0 + 8, r0 + 9);
+  b1[0] = vt_pair(r1, r1 + 1);
+  b1[1] = vt_pair(r1 + 8, r1 + 9);
+}
+
+VT_DEVICE void vt_frag_b_cols(uint32_t b0[2], uint32_t b1[2], const uint16_t* tile, int ld, int k0,
+                              int n0) {
+  const int lane = threadIdx.x % VT_MMA_GROUP, g = lane / 4, t = lane % 4;
+  const uint16_t* c = tile + (k0 + 2 * t) * ld + n0 + g;
+  b0[0] = vt_pair(c, c + ld);
+  b0[1] = vt_pair(c + 8 * ld, c + 9 * ld);
+  b1[0] = vt_pair(c + 8, c + ld + 8);
+  b1[1] = vt_pair(c + 8 * ld + 8, c + 9 * ld + 8);
+}
+#else
+VT_DEVICE void vt_frag_b_rows(uint32_t b0[2], uint32_t b1[2], const uint16_t* tile, int ld, int n0,
+                              int k0) {
+  // Lane l addresses row l % 8 of matrix l / 8: matrices are (n-tile, k-half)
+  // = (0,0), (0,1), (1,0), (1,1).
+  const int lane = threadIdx.x % VT_MMA_GROUP, i = lane / 8, r = lane % 8;
+  const uint16_t* p = tile + (n0 + (i / 2) * 8 + r) * ld + k0 + (i % 2) * 8;
+  const uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b0[0]), "=r"(b0[1]), "=r"(b1[0]), "=r"(b1[1])
+               : "r"(addr));
+}
+
+VT_DEVICE void vt_frag_b_cols(uint32_t b0[2], uint32_t b1[2], const uint16_t* tile, int ld, int k0,
+                              int n0) {
+  // Matrices are (k-half, n-tile) = (0,0), (1,0), (0,1), (1,1), transposed.
+  const int lane = threadIdx.x % VT_MMA_GROUP, i = lane / 8, r = lane % 8;
+  const uint16_t* p = tile + (k0 + (i % 2) * 8 + r) * ld + n0 + (i / 2) * 8;
+  const uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b0[0]), "=r"(b0[1]), "=r"(b1[0]), "=r"(b1[1])
+               : "r"(addr));
+}
+#endif
+
+VT_DEVICE float vt_exp2f(float x) { return exp2f(x); }

@@ -111,4 +111,22 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Device memory held by this backend's tensors, where it keeps count
+    /// (GPU backends); `None` where host memory is simply the process's.
+    fn memory(&self) -> Option<MemoryStats> {
+        None
+    }
+
+    /// Restarts the high-water mark of [`Backend::memory`] from what is live.
+    fn reset_peak_memory(&self) {}
+}
+
+/// Bytes of device memory held by live tensors, now and at most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held now.
+    pub live_bytes: u64,
+    /// The most held at once since the backend opened or the last reset.
+    pub peak_bytes: u64,
 }

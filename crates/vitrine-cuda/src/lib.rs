@@ -8,6 +8,7 @@
 //! libraries to start at all; ship CPU-only builds separately.
 #![warn(missing_docs)]
 
+mod lt;
 mod runtime;
 
 pub use runtime::CudaRuntime;

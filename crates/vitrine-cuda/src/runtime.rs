@@ -11,6 +11,7 @@ use vitrine_core::{DType, Error, Result};
 use vitrine_gpu::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
 use crate::embedded::FATBINS;
+use crate::lt::{self, Lt};
 
 fn driver_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("CUDA {what}: {e}"))
@@ -48,15 +49,63 @@ impl Drop for CudaBuffer {
     }
 }
 
-/// CUDA device, stream, kernels and cuBLAS handle.
+/// CUDA device, stream, kernels, cuBLAS and cuBLASLt handles.
 pub struct CudaRuntime {
     _device: CudaDevice,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    lt: Lt,
+    /// cuBLASLt's workspace, [`lt::WORKSPACE_BYTES`] long.
+    workspace: CudaBuffer,
     modules: HashMap<KernelModule, Arc<CudaModule>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     name: String,
     warp: usize,
+}
+
+/// Allocates in stream order from the device's default memory pool.
+fn raw_alloc(stream: &Arc<CudaStream>, bytes: usize) -> Result<CudaBuffer> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| driver_err("bind context", e))?;
+    // SAFETY: the stream is live; the memory is only used on this stream.
+    let ptr = unsafe { drv::malloc_async(stream.cu_stream(), bytes.max(1)) }.map_err(|e| {
+        Error::Backend(format!(
+            "CUDA out of memory or allocation failure ({bytes} bytes): {e}"
+        ))
+    })?;
+    Ok(CudaBuffer {
+        ptr,
+        bytes,
+        stream: stream.clone(),
+    })
+}
+
+/// By default the pool hands freed memory back to the driver at every
+/// synchronisation, so the next forward pass maps it again; keeping it makes
+/// the per-op allocations of a pass cheap pool hits after the first pass.
+/// The cost: memory freed by vitrine stays reserved for this process.
+fn keep_freed_memory(ctx: &Arc<cudarc::driver::CudaContext>) -> Result<()> {
+    let mut pool: drv_sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the context is current (bound by the caller's device setup) and
+    // the attribute takes a u64.
+    unsafe {
+        ctx.bind_to_thread()
+            .map_err(|e| driver_err("bind context", e))?;
+        drv_sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| driver_err("default memory pool", e))?;
+        drv_sys::cuMemPoolSetAttribute(
+            pool,
+            drv_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut c_void,
+        )
+        .result()
+        .map_err(|e| driver_err("memory pool threshold", e))?;
+    }
+    Ok(())
 }
 
 fn module_for(stem: &str) -> Option<KernelModule> {
@@ -131,10 +180,15 @@ impl GpuRuntime for CudaRuntime {
         }
         .result()
         .map_err(|e| driver_err("cuBLAS math mode", e))?;
+        keep_freed_memory(&ctx)?;
+        let workspace = raw_alloc(&stream, lt::WORKSPACE_BYTES)?;
+        let lt = Lt::new()?;
         Ok(Self {
             _device: device,
             stream,
             blas,
+            lt,
+            workspace,
             modules,
             functions: Mutex::new(HashMap::new()),
             name: format!("cuda:{ordinal} ({name})"),
@@ -151,22 +205,7 @@ impl GpuRuntime for CudaRuntime {
     }
 
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
-        self.stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| driver_err("bind context", e))?;
-        // SAFETY: the stream is live; the memory is only used on this stream.
-        let ptr =
-            unsafe { drv::malloc_async(self.stream.cu_stream(), bytes.max(1)) }.map_err(|e| {
-                Error::Backend(format!(
-                    "CUDA out of memory or allocation failure ({bytes} bytes): {e}"
-                ))
-            })?;
-        Ok(CudaBuffer {
-            ptr,
-            bytes,
-            stream: self.stream.clone(),
-        })
+        raw_alloc(&self.stream, bytes)
     }
 
     fn copy_to_device(&self, dst: &CudaBuffer, src: &[u8]) -> Result<()> {
@@ -218,7 +257,32 @@ impl GpuRuntime for CudaRuntime {
         .map_err(|e| driver_err(&format!("launch of `{name}`"), e))
     }
 
+    fn gemm_bias_epilogue(&self) -> bool {
+        true
+    }
+
     fn gemm(&self, g: &Gemm) -> Result<()> {
+        if self
+            .lt
+            .gemm(g, self.workspace.ptr, self.stream.cu_stream() as _)?
+        {
+            return Ok(());
+        }
+        // No cuBLASLt algorithm for this shape: plain cuBLAS, with the bias
+        // pre-filled into C (the backend hands C over with ldc = m).
+        let mut beta = g.beta;
+        if g.bias != 0 {
+            let args = [
+                KernelArg::Ptr(g.bias),
+                KernelArg::Ptr(g.c),
+                KernelArg::I32(dim(g.n, "n")?),
+                KernelArg::I32(dim(g.m, "m")?),
+            ];
+            let name = format!("vt_broadcast_rows_{}", g.dtype.as_str());
+            let blocks = (g.m * g.n).div_ceil(256).clamp(1, 65_535) as u32;
+            self.launch(KernelModule::Elementwise, &name, blocks, 256, &args)?;
+            beta = 1.0;
+        }
         let op = |t: bool| {
             if t {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
@@ -226,7 +290,7 @@ impl GpuRuntime for CudaRuntime {
                 blas_sys::cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let (alpha, beta) = (1.0f32, g.beta);
+        let alpha = 1.0f32;
         let ty = data_type(g.dtype);
         // SAFETY: pointers are live device buffers sized by the caller's
         // shape checks; alpha/beta are host f32 matching the f32 compute type.

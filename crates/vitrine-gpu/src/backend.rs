@@ -1,21 +1,63 @@
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 use vitrine_core::{
-    checks, Backend, DType, Error, HostData, HostTensor, ResizeMode, ResizeSpec, Result, SeqLayout,
-    TensorInfo,
+    checks, Backend, DType, Error, HostData, HostTensor, MemoryStats, ResizeMode, ResizeSpec,
+    Result, SeqLayout, TensorInfo,
 };
 
 use crate::runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
-/// A device tensor: a shared allocation, a byte offset into it (row slices
-/// are views, never copies), dims and dtype. Ops never write into their
-/// inputs, so sharing an allocation is safe.
+/// A device tensor: a shared allocation, a byte offset into it, dims, dtype
+/// and, for 2-D tensors, a row stride. Row and column slices are views, never
+/// copies (a column slice keeps its parent's row stride, which is how q, k
+/// and v reach attention straight out of the fused qkv buffer). Ops never
+/// write into their inputs, so sharing an allocation is safe.
 pub struct GpuTensor<R: GpuRuntime> {
-    buf: Arc<R::Buffer>,
+    buf: Arc<Tracked<R>>,
     offset: usize,
     dims: Vec<usize>,
     dtype: DType,
+    /// Elements between the starts of consecutive rows (2-D tensors); equal
+    /// to the last dim for a dense tensor.
+    ld: usize,
+}
+
+/// Live and high-water device bytes allocated through one backend.
+#[derive(Default)]
+struct MemCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// A runtime buffer that reports its size to the backend's counter.
+struct Tracked<R: GpuRuntime> {
+    buf: R::Buffer,
+    counter: Arc<MemCounter>,
+}
+
+impl<R: GpuRuntime> Tracked<R> {
+    fn new(buf: R::Buffer, counter: &Arc<MemCounter>) -> Self {
+        let bytes = buf.len_bytes() as u64;
+        let live = counter.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        counter.peak.fetch_max(live, Ordering::Relaxed);
+        Self {
+            buf,
+            counter: counter.clone(),
+        }
+    }
+
+    fn device_ptr(&self) -> u64 {
+        self.buf.device_ptr()
+    }
+}
+
+impl<R: GpuRuntime> Drop for Tracked<R> {
+    fn drop(&mut self) {
+        let bytes = self.buf.len_bytes() as u64;
+        self.counter.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl<R: GpuRuntime> Clone for GpuTensor<R> {
@@ -25,6 +67,7 @@ impl<R: GpuRuntime> Clone for GpuTensor<R> {
             offset: self.offset,
             dims: self.dims.clone(),
             dtype: self.dtype,
+            ld: self.ld,
         }
     }
 }
@@ -51,14 +94,64 @@ impl<R: GpuRuntime> GpuTensor<R> {
     fn arg(&self) -> KernelArg {
         KernelArg::Ptr(self.ptr())
     }
+
+    /// Whether rows are packed back to back (always true below rank 2).
+    fn is_dense(&self) -> bool {
+        self.dims.len() != 2 || self.ld == self.dims[1]
+    }
+}
+
+/// The row stride of a dense tensor of these dims.
+fn dense_ld(dims: &[usize]) -> usize {
+    dims.last().copied().unwrap_or(1)
 }
 
 /// A [`Backend`] on any [`GpuRuntime`].
 pub struct GpuBackend<R: GpuRuntime> {
     rt: R,
+    memory: Arc<MemCounter>,
+    attention: AttentionKernel,
     /// The last packed layout's `cu_seqlens` on the device: every block of a
     /// forward pass uses the same one, so it is uploaded once per pass.
-    seqs: Mutex<Option<(SeqLayout, Arc<R::Buffer>)>>,
+    seqs: Mutex<Option<(SeqLayout, Arc<Tracked<R>>)>>,
+}
+
+/// Which attention kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttentionKernel {
+    /// The fused tensor-core kernel for f16/bf16 with head_dim <= 128, the
+    /// reference kernel otherwise (f32 keeps exact fp32 products).
+    Auto,
+    /// Always the reference kernel (`VITRINE_GPU_ATTENTION=reference`): the
+    /// yardstick the fused kernel is checked against.
+    Reference,
+}
+
+/// Query rows per block of the fused kernel (`VT_FA_ROWS`).
+const FUSED_QUERY_TILE: usize = 64;
+/// Threads per block of the fused kernel: four tile groups.
+const FUSED_BLOCK: u32 = 128;
+/// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
+const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
+
+impl AttentionKernel {
+    fn from_env() -> Result<Self> {
+        match std::env::var("VITRINE_GPU_ATTENTION").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Self::Auto),
+            Ok("reference") => Ok(Self::Reference),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "VITRINE_GPU_ATTENTION={other}: expected auto or reference"
+            ))),
+        }
+    }
+
+    /// The instantiated head dim the fused kernel would pad `head_dim` to.
+    fn fused_head_dim(self, dtype: DType, head_dim: usize) -> Option<usize> {
+        if self == Self::Reference || dtype == DType::F32 {
+            return None;
+        }
+        FUSED_HEAD_DIMS.into_iter().find(|&d| d >= head_dim)
+    }
 }
 
 fn suffix(d: DType) -> &'static str {
@@ -103,11 +196,27 @@ impl<R: GpuRuntime> GpuBackend<R> {
     pub fn new(ordinal: usize) -> Result<Self> {
         Ok(Self {
             rt: R::open(ordinal)?,
+            memory: Arc::default(),
+            attention: AttentionKernel::from_env()?,
             seqs: Mutex::new(None),
         })
     }
 
-    fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<R::Buffer>> {
+    /// A dense copy of a strided view (or the tensor itself when dense), for
+    /// the ops whose kernels assume packed rows.
+    fn dense(&self, x: &GpuTensor<R>) -> Result<GpuTensor<R>> {
+        if x.is_dense() {
+            return Ok(x.clone());
+        }
+        let (rows, cols) = (x.dims[0], x.dims[1]);
+        let y = self.alloc(&x.dims, x.dtype)?;
+        if rows > 0 && cols > 0 {
+            self.copy2d((x.ptr(), x.ld), (y.ptr(), cols), rows, cols, x.dtype)?;
+        }
+        Ok(y)
+    }
+
+    fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<Tracked<R>>> {
         let mut cached = self
             .seqs
             .lock()
@@ -137,17 +246,18 @@ impl<R: GpuRuntime> GpuBackend<R> {
         let bytes = dims.iter().product::<usize>() * dtype.size_in_bytes();
         let buf = self.rt.alloc(bytes.max(1))?;
         Ok(GpuTensor {
-            buf: Arc::new(buf),
+            buf: Arc::new(Tracked::new(buf, &self.memory)),
             offset: 0,
             dims: dims.to_vec(),
             dtype,
+            ld: dense_ld(dims),
         })
     }
 
-    fn upload_bytes(&self, bytes: &[u8]) -> Result<R::Buffer> {
+    fn upload_bytes(&self, bytes: &[u8]) -> Result<Tracked<R>> {
         let buf = self.rt.alloc(bytes.len().max(1))?;
         self.rt.copy_to_device(&buf, bytes)?;
-        Ok(buf)
+        Ok(Tracked::new(buf, &self.memory))
     }
 
     /// Block size: a multiple of the device's real warp size.
@@ -227,10 +337,12 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             offset: 0,
             dims: host.shape().to_vec(),
             dtype,
+            ld: dense_ld(host.shape()),
         })
     }
 
     fn download(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
+        let x = &self.dense(x)?;
         let mut bytes = vec![0u8; x.numel() * x.dtype.size_in_bytes()];
         self.rt.copy_to_host(x.ptr(), &mut bytes)?;
         let data = match x.dtype {
@@ -260,6 +372,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         if x.dtype == dtype {
             return Ok(x.clone());
         }
+        let x = &self.dense(x)?;
         let y = self.alloc(&x.dims, dtype)?;
         let n = x.numel();
         let name = format!("vt_cast_{}_to_{}", suffix(x.dtype), suffix(dtype));
@@ -276,6 +389,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         let (n, k) = rank2("linear input", x)?;
         let (m, kw) = rank2("linear weight", w)?;
         same_dtype("linear", x, w)?;
+        let w = &self.dense(w)?;
         if k != kw {
             return Err(Error::shape(
                 "linear",
@@ -286,8 +400,11 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         if n == 0 || m == 0 {
             return Ok(y);
         }
-        let mut beta = 0.0;
-        if let Some(b) = b {
+        let (mut beta, mut bias) = (0.0, 0);
+        if let Some(b) = b.filter(|_| self.rt.gemm_bias_epilogue()) {
+            vector("linear bias", b, m, x.dtype)?;
+            bias = b.ptr();
+        } else if let Some(b) = b {
             vector("linear bias", b, m, x.dtype)?;
             // Bias first, then beta = 1: one rounding, like PyTorch's addmm.
             let args = [b.arg(), y.arg(), int(n, "rows")?, int(m, "cols")?];
@@ -310,10 +427,11 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             a: w.ptr(),
             lda: k,
             b: x.ptr(),
-            ldb: k,
+            ldb: x.ld,
             c: y.ptr(),
             ldc: m,
             beta,
+            bias,
         })?;
         Ok(y)
     }
@@ -332,7 +450,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         let (c, r) = (int(cols, "cols")?, int(rows, "rows")?);
         let args = [
             x.arg(),
-            c,
+            int(x.ld, "row stride")?,
             w.arg(),
             b.arg(),
             y.arg(),
@@ -355,7 +473,16 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         vector("rms_norm weight", w, cols, x.dtype)?;
         let y = self.alloc(&x.dims, x.dtype)?;
         let (c, r) = (int(cols, "cols")?, int(rows, "rows")?);
-        let args = [x.arg(), c, w.arg(), y.arg(), c, r, c, KernelArg::F32(eps)];
+        let args = [
+            x.arg(),
+            int(x.ld, "row stride")?,
+            w.arg(),
+            y.arg(),
+            c,
+            r,
+            c,
+            KernelArg::F32(eps),
+        ];
         self.norm_launch(
             &format!("vt_rms_norm_{}", suffix(x.dtype)),
             rows,
@@ -366,6 +493,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn gelu(&self, x: &GpuTensor<R>) -> Result<GpuTensor<R>> {
+        let x = &self.dense(x)?;
         let y = self.alloc(&x.dims, x.dtype)?;
         let n = x.numel();
         self.elementwise(
@@ -390,6 +518,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 format!("{:?} + {:?}", x.dims, r.dims),
             ));
         }
+        let (x, r) = (&self.dense(x)?, &self.dense(r)?);
         let g = match gamma {
             Some(g) => {
                 vector("residual gamma", g, cols, x.dtype)?;
@@ -438,16 +567,15 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         }
         let cu = self.seq_offsets(seqs)?;
         let out = self.alloc(&q.dims, q.dtype)?;
-        let ld = int(width, "width")?;
         let args = [
             q.arg(),
-            ld,
+            int(q.ld, "q row stride")?,
             k.arg(),
-            ld,
+            int(k.ld, "k row stride")?,
             v.arg(),
-            ld,
+            int(v.ld, "v row stride")?,
             out.arg(),
-            ld,
+            int(width, "width")?,
             KernelArg::Ptr(cu.device_ptr()),
             int(seqs.len(), "sequences")?,
             int(seqs.max_len(), "max_seqlen")?,
@@ -455,16 +583,27 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             int(head_dim, "head_dim")?,
             KernelArg::F32(scale),
         ];
-        let block = self.block(128);
-        let warps = block as usize / self.rt.warp_size().max(1);
-        let name = format!("vt_attention_{}", suffix(q.dtype));
-        self.rt.launch(
-            KernelModule::Attention,
-            &name,
-            Self::grid(total * heads, warps),
-            block,
-            &args,
-        )?;
+        if let Some(padded) = self.attention.fused_head_dim(q.dtype, head_dim) {
+            // One block per (sequence, head, 64-query tile).
+            let blocks = seqs.len() * heads * seqs.max_len().div_ceil(FUSED_QUERY_TILE);
+            let grid = u32::try_from(blocks).map_err(|_| {
+                Error::InvalidArgument(format!("attention grid of {blocks} blocks is too large"))
+            })?;
+            let name = format!("vt_flash_attention_{}_d{padded}", suffix(q.dtype));
+            self.rt
+                .launch(KernelModule::Attention, &name, grid, FUSED_BLOCK, &args)?;
+        } else {
+            let block = self.block(128);
+            let warps = block as usize / self.rt.warp_size().max(1);
+            let name = format!("vt_attention_{}", suffix(q.dtype));
+            self.rt.launch(
+                KernelModule::Attention,
+                &name,
+                Self::grid(total * heads, warps),
+                block,
+                &args,
+            )?;
+        }
         Ok(out)
     }
 
@@ -476,6 +615,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 format!("grid [{n}, {c}] with {spec:?}"),
             ));
         }
+        let grid = &self.dense(grid)?;
         let y = self.alloc(&[spec.window_h * spec.window_w, c], grid.dtype)?;
         let kind = match spec.mode {
             ResizeMode::Bilinear => "bilinear",
@@ -576,7 +716,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             let r = p.dims[0];
             if r > 0 {
                 self.copy2d(
-                    (p.ptr(), cols),
+                    (p.ptr(), p.ld),
                     (y.ptr() + (at * cols) as u64 * elt, cols),
                     r,
                     cols,
@@ -598,9 +738,10 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         }
         Ok(GpuTensor {
             buf: x.buf.clone(),
-            offset: x.offset + start * cols * x.dtype.size_in_bytes(),
+            offset: x.offset + start * x.ld * x.dtype.size_in_bytes(),
             dims: vec![len, cols],
             dtype: x.dtype,
+            ld: x.ld,
         })
     }
 
@@ -612,15 +753,30 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 format!("columns {start}..{} of {cols}", start + len),
             ));
         }
-        let y = self.alloc(&[rows, len], x.dtype)?;
-        if rows > 0 && len > 0 {
-            let src = x.ptr() + (start * x.dtype.size_in_bytes()) as u64;
-            self.copy2d((src, cols), (y.ptr(), len), rows, len, x.dtype)?;
-        }
-        Ok(y)
+        Ok(GpuTensor {
+            buf: x.buf.clone(),
+            offset: x.offset + start * x.dtype.size_in_bytes(),
+            dims: vec![rows, len],
+            dtype: x.dtype,
+            ld: x.ld,
+        })
     }
 
     fn synchronize(&self) -> Result<()> {
         self.rt.synchronize()
+    }
+
+    /// Bytes held by live tensors (weights included); the runtime's own
+    /// workspaces and its allocator's cache are not counted.
+    fn memory(&self) -> Option<MemoryStats> {
+        Some(MemoryStats {
+            live_bytes: self.memory.live.load(Ordering::Relaxed),
+            peak_bytes: self.memory.peak.load(Ordering::Relaxed),
+        })
+    }
+
+    fn reset_peak_memory(&self) {
+        let live = self.memory.live.load(Ordering::Relaxed);
+        self.memory.peak.store(live, Ordering::Relaxed);
     }
 }

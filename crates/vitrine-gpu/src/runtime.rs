@@ -98,6 +98,10 @@ pub struct Gemm {
     pub ldc: usize,
     /// 0 to overwrite C, 1 to add to it (a pre-filled bias).
     pub beta: f32,
+    /// Device address of a vector of `m` elements added to every column of
+    /// C in the fp32 epilogue, or 0 for none. Only passed to runtimes whose
+    /// [`GpuRuntime::gemm_bias_epilogue`] is true.
+    pub bias: u64,
 }
 
 /// Device memory owned by a runtime; freed when dropped. Dropping must be
@@ -149,6 +153,12 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
 
     /// Runs a GEMM.
     fn gemm(&self, g: &Gemm) -> Result<()>;
+
+    /// Whether [`GpuRuntime::gemm`] takes a bias ([`Gemm::bias`]); when it
+    /// does not, the backend pre-fills C with the bias and sets beta to 1.
+    fn gemm_bias_epilogue(&self) -> bool {
+        false
+    }
 
     /// Waits for queued work and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;

@@ -63,6 +63,12 @@ impl Blas {
 
     /// Runs one column-major GEMM (see [`Gemm`]).
     pub(crate) fn gemm(&self, g: &Gemm) -> Result<()> {
+        if g.bias != 0 {
+            // The backend pre-fills C instead (gemm_bias_epilogue is false).
+            return Err(Error::Backend(
+                "rocBLAS GEMM was handed a bias; this runtime has no bias epilogue".into(),
+            ));
+        }
         let ty = match g.dtype {
             DType::F32 => blas::F32,
             DType::F16 => blas::F16,
