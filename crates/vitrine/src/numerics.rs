@@ -4,7 +4,7 @@
 //! | guard | when | outcome |
 //! |---|---|---|
 //! | [`crate::Encoder::check_weights`] | opt-in (`embed --check-weights`) | error naming the first tensor with NaN/Inf (or, for f16 storage, a value past ±65504) |
-//! | output check | every forward | error naming the image, and the first block whose output is non-finite |
+//! | output check | every forward | error naming the image, and the first block whose output is non-finite; for an f16 encoder with [`crate::OverflowPolicy::Retry`], the affected images run again in bf16/f32 instead (recorded in [`crate::Embedding::overflow`]) |
 //! | [`crate::Encoder::activation_bytes`] | every forward | a batch over [`crate::Encoder::max_activation_bytes`] is refused before any work, with the estimate |
 
 use vitrine_core::{HostData, HostTensor};

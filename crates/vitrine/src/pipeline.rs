@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 
 use vitrine_core::{Error, HostTensor, Result};
 
-use crate::encoder::{Embedding, Encoder};
+use crate::encoder::{copy_error, group_by_shape, Embedding, Encoder};
 use crate::images::{self, DecodeLimits, RgbImage};
-use crate::io::stack;
 
 /// An image to encode: a file, or pixels already decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,57 +183,28 @@ where
     })
 }
 
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Io { path, source } => Error::Io {
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
-        Error::DeviceUnavailable(s) => Error::DeviceUnavailable(s.clone()),
-        other => Error::Backend(other.to_string()),
-    }
-}
-
 impl Encoder {
     /// Runs images of any sizes, each `[3, H, W]` (already preprocessed), in
-    /// one packed forward pass; results in input order.
+    /// one packed forward pass; results in input order. All or nothing, like
+    /// [`Encoder::forward_groups`].
     pub fn forward_images(
         &self,
         pixels: &[HostTensor],
         intermediates: &[usize],
     ) -> Result<Vec<Embedding>> {
-        let outs = self.forward_images_unchecked(pixels, intermediates)?;
-        for (i, e) in outs.iter().enumerate() {
-            self.check_image_output(e, &pixels[i], &format!("image {i}"))?;
-        }
-        Ok(outs)
+        self.forward_images_each(pixels, intermediates, &|i| format!("image {i}"))?
+            .into_iter()
+            .collect()
     }
 
-    /// Checks one image's outputs for NaN/Inf (see `Encoder::check_outputs`).
-    fn check_image_output(&self, e: &Embedding, pixels: &HostTensor, label: &str) -> Result<()> {
-        let finite = std::iter::once(&e.last_hidden_state)
-            .chain(e.summary.iter())
-            .chain(e.features.iter())
-            .chain(e.intermediates.iter())
-            .all(|t| crate::numerics::non_finite(t).is_none());
-        if finite {
-            return Ok(());
-        }
-        let mut shape = vec![1];
-        shape.extend_from_slice(pixels.shape());
-        let one = pixels.clone().reshape(shape)?;
-        self.check_outputs(e, std::slice::from_ref(&one), 0, label)
-    }
-
-    fn forward_images_unchecked(
+    /// [`Self::forward_images`] with one result per image; `label(i)` names
+    /// image `i` in messages.
+    fn forward_images_each(
         &self,
         pixels: &[HostTensor],
         intermediates: &[usize],
-    ) -> Result<Vec<Embedding>> {
-        // Group same shapes (first-appearance order), remember where each went.
-        let mut keys: Vec<Vec<usize>> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
+        label: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<Result<Embedding>>> {
         for (i, p) in pixels.iter().enumerate() {
             if p.shape().len() != 3 || p.shape()[0] != 3 {
                 return Err(Error::shape(
@@ -242,27 +212,26 @@ impl Encoder {
                     format!("image {i} is {:?}, expected [3, H, W]", p.shape()),
                 ));
             }
-            match keys.iter().position(|k| k.as_slice() == p.shape()) {
-                Some(g) => members[g].push(i),
-                None => {
-                    keys.push(p.shape().to_vec());
-                    members.push(vec![i]);
-                }
-            }
         }
-        let groups = members
-            .iter()
-            .map(|m| stack(&m.iter().map(|&i| &pixels[i]).collect::<Vec<_>>()))
-            .collect::<Result<Vec<_>>>()?;
-        let outs = self.forward_groups_unchecked(&groups, intermediates)?;
-        let mut slots: Vec<Option<Embedding>> = (0..pixels.len()).map(|_| None).collect();
-        for (&i, e) in members.iter().flatten().zip(outs) {
-            slots[i] = Some(e);
+        if pixels.is_empty() {
+            return Ok(Vec::new());
         }
-        slots
+        // Same shapes go together (first-appearance order); `order` says
+        // which input each position across the groups is.
+        let (groups, order) = group_by_shape(pixels)?;
+        let outs = self.forward_each(&groups, intermediates, &|pos| label(order[pos]))?;
+        let mut slots: Vec<Option<Result<Embedding>>> = (0..pixels.len()).map(|_| None).collect();
+        for (&i, r) in order.iter().zip(outs) {
+            slots[i] = Some(r);
+        }
+        Ok(slots
             .into_iter()
-            .map(|s| s.ok_or_else(|| Error::Backend("the model returned too few outputs".into())))
-            .collect()
+            .map(|s| {
+                s.unwrap_or_else(|| {
+                    Err(Error::Backend("the model returned too few outputs".into()))
+                })
+            })
+            .collect())
     }
 
     /// Decides the batches for `sources` (see [`Batching`]).
@@ -323,12 +292,13 @@ impl Encoder {
             }
         }
         if !pixels.is_empty() {
-            match self.forward_images_unchecked(&pixels, &opts.intermediates) {
+            // Non-finite outputs and a half batch that still runs out of
+            // memory fail their own images only, named by their sources.
+            let label = |k: usize| sources[ok_idx[k]].label(ok_idx[k]);
+            match self.forward_images_each(&pixels, &opts.intermediates, &label) {
                 Ok(outs) => {
-                    // Non-finite outputs fail their own image only, named by its source.
-                    for ((&i, e), px) in ok_idx.iter().zip(outs).zip(&pixels) {
-                        let label = sources[i].label(i);
-                        results[i] = Some(self.check_image_output(&e, px, &label).map(|_| e));
+                    for (&i, r) in ok_idx.iter().zip(outs) {
+                        results[i] = Some(r);
                     }
                 }
                 Err(e) => {
