@@ -35,7 +35,7 @@ use vitrine::output::{Matrix, NamedOutput, OutputFormat, OutputSet};
 use vitrine::preprocess::ResizeBackend;
 use vitrine::{
     auto_device, Batching, DType, Device, EncodeOptions, Encoder, HostTensor, HubOptions,
-    ImageSource,
+    ImageSource, OverflowPolicy,
 };
 
 /// Exit code when some inputs could not be embedded.
@@ -109,6 +109,17 @@ struct Args {
     /// with --dtype f16, values past ±65504) before embedding anything.
     #[arg(long)]
     check_weights: bool,
+    /// With --dtype f16, what to do with an image whose activations overflow
+    /// f16 (NaN/Inf outputs): `error` (skip it, naming the first bad block),
+    /// `retry-bf16` or `retry-f32` (run it again in that dtype, with a warning
+    /// per image; the weights at that dtype are loaded on the first overflow,
+    /// a second copy of the model in memory).
+    #[arg(
+        long,
+        default_value = "error",
+        value_name = "error|retry-bf16|retry-f32"
+    )]
+    on_f16_overflow: OverflowPolicy,
 }
 
 fn pick_device(arg: Option<&str>, default_auto: bool) -> Result<Device> {
@@ -142,8 +153,15 @@ fn load(args: &Args, device: Device) -> Result<Encoder> {
         hub.cache_dir = args.cache_dir.clone();
     }
     hub.progress = std::io::stderr().is_terminal();
-    let enc = Encoder::from_pretrained_with(&args.model, device, args.dtype, &hub)
+    let mut enc = Encoder::from_pretrained_with(&args.model, device, args.dtype, &hub)
         .with_context(|| format!("loading {}", args.model))?;
+    enc.set_overflow_policy(args.on_f16_overflow)?;
+    if args.on_f16_overflow != OverflowPolicy::Error && args.dtype != DType::F16 {
+        eprintln!(
+            "note: --on-f16-overflow {} has no effect with --dtype {}",
+            args.on_f16_overflow, args.dtype
+        );
+    }
     if let ModelSource::Hub {
         repo,
         revision,
@@ -183,6 +201,17 @@ fn run_pixels(args: &Args, pixels_path: &Path) -> Result<()> {
     let loaded = start.elapsed();
     let out = encoder.forward_pixels(&pixels)?;
     let ran = start.elapsed() - loaded;
+    if encoder.oom_splits() > 0 {
+        eprintln!(
+            "warning: the batch of {} images ran out of device memory; it was split in two and retried",
+            out.len()
+        );
+    }
+    for (i, e) in out.iter().enumerate() {
+        if let Some(r) = &e.overflow {
+            eprintln!("warning: image {i}: {r}; retried in {}", e.dtype);
+        }
+    }
 
     let collect =
         |pick: &dyn Fn(&vitrine::Embedding) -> Option<&HostTensor>| -> Result<Option<HostTensor>> {
@@ -341,10 +370,29 @@ fn run_images(args: &Args) -> Result<Outcome> {
         results[i] = Some(Err(e));
         bar.inc(1);
     }
+    let mut retried = Vec::new();
     for batch in &plan.batches {
         let refs: Vec<&ImageSource> = batch.iter().map(|&i| &sources[i]).collect();
+        let splits = encoder.oom_splits();
         for (&i, r) in batch.iter().zip(encoder.encode_batch(&refs, &opts)) {
+            // Never retried silently: one warning per image and per split batch.
+            if let Ok(e) = &r {
+                if let Some(why) = &e.overflow {
+                    let label = sources[i].label(i);
+                    bar.suspend(|| eprintln!("warning: {label}: {why}; retried in {}", e.dtype));
+                    retried.push(format!("{label} ({})", e.dtype));
+                }
+            }
             results[i] = Some(r);
+        }
+        if encoder.oom_splits() > splits {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: a batch of {} images ran out of device memory; it was split in two \
+                     and retried (a smaller --batch-size avoids this)",
+                    batch.len()
+                )
+            });
         }
         bar.inc(batch.len() as u64);
     }
@@ -431,6 +479,10 @@ fn run_images(args: &Args) -> Result<Outcome> {
             encoder.num_prefix_tokens().to_string(),
         ),
     ]);
+    if !retried.is_empty() {
+        set.metadata
+            .insert("f16_overflow_retries".into(), retried.join("; "));
+    }
     if let ModelSource::Hub {
         revision, commit, ..
     } = encoder.source()
