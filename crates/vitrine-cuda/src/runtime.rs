@@ -69,12 +69,30 @@ fn raw_alloc(stream: &Arc<CudaStream>, bytes: usize) -> Result<CudaBuffer> {
         .context()
         .bind_to_thread()
         .map_err(|e| driver_err("bind context", e))?;
-    // SAFETY: the stream is live; the memory is only used on this stream.
-    let ptr = unsafe { drv::malloc_async(stream.cu_stream(), bytes.max(1)) }.map_err(|e| {
-        Error::Backend(format!(
-            "CUDA out of memory or allocation failure ({bytes} bytes): {e}"
-        ))
-    })?;
+    let try_alloc = || {
+        // SAFETY: the stream is live; the memory is only used on this stream.
+        unsafe { drv::malloc_async(stream.cu_stream(), bytes.max(1)) }
+    };
+    let oom = |e: &drv::DriverError| e.0 == drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+    let ptr = match try_alloc() {
+        Ok(p) => p,
+        // Blocks freed in stream order become reusable once the stream has
+        // caught up: wait for it and try once more before giving up.
+        Err(e) if oom(&e) => {
+            stream
+                .synchronize()
+                .map_err(|e| driver_err("synchronize", e))?;
+            try_alloc().map_err(|e| {
+                if oom(&e) {
+                    let ordinal = stream.context().ordinal();
+                    Error::out_of_memory(format!("cuda:{ordinal}"), bytes as u64, e.to_string())
+                } else {
+                    driver_err("allocation", e)
+                }
+            })?
+        }
+        Err(e) => return Err(driver_err(&format!("allocation of {bytes} bytes"), e)),
+    };
     Ok(CudaBuffer {
         ptr,
         bytes,

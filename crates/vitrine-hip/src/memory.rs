@@ -54,11 +54,11 @@ pub(crate) fn alloc(api: &'static HipApi, device: c_int, bytes: usize) -> Result
     // SAFETY: hipMalloc writes one pointer through a valid out-pointer.
     let code = unsafe { (api.malloc)(&mut p, bytes) };
     if code == consts::OUT_OF_MEMORY {
-        return Err(Error::Backend(format!(
-            "hipMalloc: out of device memory allocating {} ({})",
-            mib(bytes),
-            free_memory(api)
-        )));
+        return Err(Error::out_of_memory(
+            format!("hip:{device}"),
+            bytes as u64,
+            format!("hipMalloc failed ({})", free_memory(api)),
+        ));
     }
     api.check("hipMalloc", code)?;
     if p.is_null() {
