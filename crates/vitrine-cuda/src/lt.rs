@@ -164,7 +164,7 @@ impl Lt {
         .map_err(|e| lt_err("descriptor", e))?;
         let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let plan = Plan {
+        let mut plan = Plan {
             desc,
             a: layout(g.dtype, ar, ac, g.lda)?,
             b: layout(g.dtype, br, bc, g.ldb)?,
@@ -222,10 +222,12 @@ impl Lt {
             found
         };
         Ok(match found {
-            Ok(h) => Some(Plan {
-                algo: h.algo,
-                ..plan
-            }),
+            Ok(h) => {
+                // Assigned, not `..plan`: the handles are Copy, so a struct
+                // update would copy them and the drop of `plan` free them.
+                plan.algo = h.algo;
+                Some(plan)
+            }
             Err(_) => None,
         })
     }
