@@ -55,6 +55,9 @@ pub struct CudaRuntime {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     lt: Lt,
+    /// False with `VITRINE_CUDA_GEMM=cublas`: plain cuBLAS for every GEMM
+    /// (a bias is then broadcast into C first), for A/B comparisons.
+    use_lt: bool,
     /// cuBLASLt's workspace, [`lt::WORKSPACE_BYTES`] long.
     workspace: CudaBuffer,
     modules: HashMap<KernelModule, Arc<CudaModule>>,
@@ -206,6 +209,7 @@ impl GpuRuntime for CudaRuntime {
             stream,
             blas,
             lt,
+            use_lt: !matches!(std::env::var("VITRINE_CUDA_GEMM").as_deref(), Ok("cublas")),
             workspace,
             modules,
             functions: Mutex::new(HashMap::new()),
@@ -280,9 +284,10 @@ impl GpuRuntime for CudaRuntime {
     }
 
     fn gemm(&self, g: &Gemm) -> Result<()> {
-        if self
-            .lt
-            .gemm(g, self.workspace.ptr, self.stream.cu_stream() as _)?
+        if self.use_lt
+            && self
+                .lt
+                .gemm(g, self.workspace.ptr, self.stream.cu_stream() as _)?
         {
             return Ok(());
         }

@@ -7,6 +7,7 @@ use vitrine_core::{
     Result, SeqLayout, TensorInfo,
 };
 
+use crate::profile::{OpProfile, Timed};
 use crate::runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
 /// A device tensor: a shared allocation, a byte offset into it, dims, dtype
@@ -111,6 +112,7 @@ pub struct GpuBackend<R: GpuRuntime> {
     rt: R,
     memory: Arc<MemCounter>,
     attention: AttentionKernel,
+    profile: Option<OpProfile>,
     /// The last packed layout's `cu_seqlens` on the device: every block of a
     /// forward pass uses the same one, so it is uploaded once per pass.
     seqs: Mutex<Option<(SeqLayout, Arc<Tracked<R>>)>>,
@@ -198,8 +200,14 @@ impl<R: GpuRuntime> GpuBackend<R> {
             rt: R::open(ordinal)?,
             memory: Arc::default(),
             attention: AttentionKernel::from_env()?,
+            profile: OpProfile::from_env(),
             seqs: Mutex::new(None),
         })
+    }
+
+    /// Times `op` when profiling is on (see [`crate::profile`]).
+    fn timed(&self, op: &'static str) -> Option<Timed<'_, R>> {
+        self.profile.as_ref().map(|p| p.start(&self.rt, op))
     }
 
     /// A dense copy of a strided view (or the tensor itself when dense), for
@@ -330,6 +338,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn upload(&self, host: &HostTensor, dtype: DType) -> Result<GpuTensor<R>> {
+        let _t = self.timed("upload");
         let converted = host.to_dtype(dtype);
         let buf = self.upload_bytes(&host_bytes(&converted))?;
         Ok(GpuTensor {
@@ -342,6 +351,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn download(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
+        let _t = self.timed("download");
         let x = &self.dense(x)?;
         let mut bytes = vec![0u8; x.numel() * x.dtype.size_in_bytes()];
         self.rt.copy_to_host(x.ptr(), &mut bytes)?;
@@ -369,6 +379,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn cast(&self, x: &GpuTensor<R>, dtype: DType) -> Result<GpuTensor<R>> {
+        let _t = self.timed("cast");
         if x.dtype == dtype {
             return Ok(x.clone());
         }
@@ -386,6 +397,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         w: &GpuTensor<R>,
         b: Option<&GpuTensor<R>>,
     ) -> Result<GpuTensor<R>> {
+        let _t = self.timed("linear");
         let (n, k) = rank2("linear input", x)?;
         let (m, kw) = rank2("linear weight", w)?;
         same_dtype("linear", x, w)?;
@@ -443,6 +455,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         b: &GpuTensor<R>,
         eps: f32,
     ) -> Result<GpuTensor<R>> {
+        let _t = self.timed("layer_norm");
         let (rows, cols) = rank2("layer_norm", x)?;
         vector("layer_norm weight", w, cols, x.dtype)?;
         vector("layer_norm bias", b, cols, x.dtype)?;
@@ -469,6 +482,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn rms_norm(&self, x: &GpuTensor<R>, w: &GpuTensor<R>, eps: f32) -> Result<GpuTensor<R>> {
+        let _t = self.timed("rms_norm");
         let (rows, cols) = rank2("rms_norm", x)?;
         vector("rms_norm weight", w, cols, x.dtype)?;
         let y = self.alloc(&x.dims, x.dtype)?;
@@ -493,6 +507,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn gelu(&self, x: &GpuTensor<R>) -> Result<GpuTensor<R>> {
+        let _t = self.timed("gelu");
         let x = &self.dense(x)?;
         let y = self.alloc(&x.dims, x.dtype)?;
         let n = x.numel();
@@ -510,6 +525,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         r: &GpuTensor<R>,
         gamma: Option<&GpuTensor<R>>,
     ) -> Result<GpuTensor<R>> {
+        let _t = self.timed("residual");
         let (rows, cols) = rank2("residual", x)?;
         same_dtype("residual", x, r)?;
         if r.dims != x.dims {
@@ -552,6 +568,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         heads: usize,
         scale: f32,
     ) -> Result<GpuTensor<R>> {
+        let _t = self.timed("attention");
         if k.dtype != q.dtype || v.dtype != q.dtype {
             return Err(Error::shape(
                 "attention",
@@ -608,6 +625,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn resize(&self, grid: &GpuTensor<R>, spec: &ResizeSpec) -> Result<GpuTensor<R>> {
+        let _t = self.timed("resize");
         let (n, c) = rank2("resize", grid)?;
         if !spec.is_valid() || n != spec.in_h * spec.in_w {
             return Err(Error::shape(
@@ -652,6 +670,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         patch: usize,
         norm: Option<([f32; 3], [f32; 3])>,
     ) -> Result<GpuTensor<R>> {
+        let _t = self.timed("patchify");
         let [b, c, h, w] = checks::patchify(&pixels.dims, patch, norm.is_some())?;
         let stats = match norm {
             Some((mean, std)) => {
@@ -694,6 +713,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     }
 
     fn concat_rows(&self, parts: &[&GpuTensor<R>]) -> Result<GpuTensor<R>> {
+        let _t = self.timed("concat_rows");
         let first = parts
             .first()
             .ok_or_else(|| Error::InvalidArgument("concat_rows of nothing".into()))?;
@@ -778,5 +798,13 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
     fn reset_peak_memory(&self) {
         let live = self.memory.live.load(Ordering::Relaxed);
         self.memory.peak.store(live, Ordering::Relaxed);
+    }
+}
+
+impl<R: GpuRuntime> Drop for GpuBackend<R> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprintln!("per-op device time on {}:\n{}", self.rt.name(), p.report());
+        }
     }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod profile;
 mod runtime;
 
 pub use backend::{GpuBackend, GpuTensor};
