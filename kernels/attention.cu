@@ -110,23 +110,23 @@ VT_FOR_EACH_DTYPE(VT_ATTENTION)
 // Fused attention (f16 / bf16): the same packed variable-length contract and
 // arguments as the reference kernel above, computed the FlashAttention-2 way.
 //
-// A block of 4 tile groups owns 64 query rows of one (sequence, head); group
-// w owns rows 16w..16w+15 and keeps their Q fragments, the running max and
-// sum and the output accumulator in registers. The block walks the
-// sequence's keys in tiles of 64: K and V tiles are staged in shared memory,
-// S = Q·Kᵀ and O += P·V run on the tile MMA (fp32 accumulate), the softmax
-// statistics stay in fp32, and P is rounded to T for the second product
-// exactly as FlashAttention does. HD is head_dim rounded up to a multiple of
-// 16; the padding is zero in Q and K and never written to the output.
+// A block of GROUPS tile groups owns 16·GROUPS query rows of one (sequence,
+// head); group w owns rows 16w..16w+15 and keeps their Q fragments, running
+// max and sum and output accumulator in registers. The block walks the
+// sequence's keys in tiles of KEYS: K and V tiles are double-buffered in
+// shared memory (the next tile is fetched asynchronously while the current
+// one is used), S = Q·Kᵀ and O += P·V run on the tile MMA (fp32
+// accumulate), the softmax statistics stay in fp32, and P is rounded to T
+// for the second product exactly as FlashAttention does. HD is head_dim
+// rounded up to a multiple of 16; the padding is zero in Q and K and never
+// written to the output.
 //
-// Launch: block = 128 threads (4 tile groups of VT_MMA_GROUP lanes: one wave
-// of 128 lanes is not assumed anywhere), grid = num_seqs · heads ·
-// ceil(max_seqlen / 64), block b taking query tile b % tiles of head
-// (b / tiles) % heads of sequence b / (tiles · heads). Empty tiles return.
+// Launch: block = 32·GROUPS threads (GROUPS tile groups of VT_MMA_GROUP
+// lanes; nothing assumes a wave of that many lanes), grid = num_seqs · heads
+// · ceil(max_seqlen / (16·GROUPS)), block b taking query tile b % tiles of
+// head (b / tiles) % heads of sequence b / (tiles · heads). Empty tiles
+// return at once.
 // ---------------------------------------------------------------------------
-#define VT_FA_ROWS 64
-#define VT_FA_KEYS 64
-#define VT_FA_GROUPS (VT_FA_ROWS / 16)
 
 VT_DEVICE uint16_t vt_bits16(vt_f16 x) { return __half_as_ushort(x); }
 VT_DEVICE uint16_t vt_bits16(vt_bf16 x) { return x; }
@@ -154,42 +154,47 @@ VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, 
   return lo | (hi << 16);
 }
 
-// Stages rows [0, rows) of a head's [*, head_dim] slice into a
-// VT_FA_KEYS × (HD + 8) shared tile, zero-filling the rest. 16-byte vectors
-// when every row start is 16-byte aligned, single elements otherwise.
-template <int HD>
+// Keys per tile: 64 while two double-buffered K/V tiles fit the 48 KiB of
+// static shared memory, 32 above that.
+template <int HD> struct FaKeys { static constexpr int value = HD <= 80 ? 64 : 32; };
+
+// Starts fetching rows [0, rows) of a head's [*, head_dim] slice into a
+// KEYS × (HD + 8) shared tile, zero-filling the rest. Asynchronous 16-byte
+// copies when every row start is 16-byte aligned, plain elements otherwise.
+template <int HD, int KEYS>
 VT_DEVICE void stage_tile(uint16_t (*tile)[HD + 8], const uint16_t* base, int ld, int rows,
                           int head_dim, bool vec) {
   if (vec) {
     constexpr int CHUNKS = HD / 8;
-    for (int i = threadIdx.x; i < VT_FA_KEYS * CHUNKS; i += blockDim.x) {
+    for (int i = threadIdx.x; i < KEYS * CHUNKS; i += blockDim.x) {
       const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (r < rows && c < head_dim) v = *(const uint4*)(base + (long)r * ld + c);
-      *(uint4*)&tile[r][c] = v;
+      const bool valid = r < rows && c < head_dim;
+      vt_copy16_async(&tile[r][c], valid ? base + (long)r * ld + c : base, valid);
     }
   } else {
-    for (int i = threadIdx.x; i < VT_FA_KEYS * HD; i += blockDim.x) {
+    for (int i = threadIdx.x; i < KEYS * HD; i += blockDim.x) {
       const int r = i / HD, c = i % HD;
       tile[r][c] = (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
     }
   }
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int GROUPS>
 VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out,
                                int ldo, const int* cu_seqlens, int num_seqs, int max_seqlen,
                                int heads, int head_dim, float scale) {
-  __shared__ __align__(16) uint16_t ks[VT_FA_KEYS][HD + 8];
-  __shared__ __align__(16) uint16_t vs[VT_FA_KEYS][HD + 8];
+  constexpr int KEYS = FaKeys<HD>::value;
+  constexpr int ROWS = 16 * GROUPS;
+  __shared__ __align__(16) uint16_t ks[2][KEYS][HD + 8];
+  __shared__ __align__(16) uint16_t vs[2][KEYS][HD + 8];
 
-  const int tiles = (max_seqlen + VT_FA_ROWS - 1) / VT_FA_ROWS;
+  const int tiles = (max_seqlen + ROWS - 1) / ROWS;
   const int tile = blockIdx.x % tiles;
   const int head = (blockIdx.x / tiles) % heads;
   const int seq = blockIdx.x / (tiles * heads);
   if (seq >= num_seqs) return;
   const int start = cu_seqlens[seq], len = cu_seqlens[seq + 1] - start;
-  const int q0 = tile * VT_FA_ROWS;
+  const int q0 = tile * ROWS;
   if (q0 >= len) return;  // uniform across the block: no barrier is skipped by some only
 
   const int col0 = head * head_dim;
@@ -198,7 +203,17 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   // Scores are kept in log2 units so the exponentials are exp2.
   const float scale_log2 = scale * 1.4426950408889634f;
 
-  // Q fragments of this group's 16 rows (rows relative to the sequence).
+  const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
+  const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
+  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
+                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
+  const int num_tiles = (len + KEYS - 1) / KEYS;
+  stage_tile<HD, KEYS>(ks[0], kh, ldk, min(KEYS, len), head_dim, vec);
+  stage_tile<HD, KEYS>(vs[0], vh, ldv, min(KEYS, len), head_dim, vec);
+  vt_async_commit();
+
+  // Q fragments of this group's 16 rows (rows relative to the sequence),
+  // loaded while the first K/V tile is in flight.
   const T* qh = q + (long)start * ldq + col0;
   const int ra = q0 + group * 16 + g, rb = ra + 8;
   uint32_t qf[HD / 16][4];
@@ -217,28 +232,32 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   float m_a = vt_neg_inf(), m_b = vt_neg_inf();  // running max of rows ra and rb
   float l_a = 0.0f, l_b = 0.0f;                  // this lane's part of the running sums
 
-  const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
-  const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
-                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
-
-  for (int j0 = 0; j0 < len; j0 += VT_FA_KEYS) {
-    const int keys = min(VT_FA_KEYS, len - j0);
-    __syncthreads();  // the previous tile's readers are done
-    stage_tile<HD>(ks, kh + (long)j0 * ldk, ldk, keys, head_dim, vec);
-    stage_tile<HD>(vs, vh + (long)j0 * ldv, ldv, keys, head_dim, vec);
+  for (int it = 0; it < num_tiles; ++it) {
+    const int j0 = it * KEYS, buf = it & 1;
+    const int keys = min(KEYS, len - j0);
+    if (it + 1 < num_tiles) {
+      // The other buffer was last read in iteration it - 1, which ended
+      // with a barrier.
+      const int j1 = j0 + KEYS, rows = min(KEYS, len - j1);
+      stage_tile<HD, KEYS>(ks[buf ^ 1], kh + (long)j1 * ldk, ldk, rows, head_dim, vec);
+      stage_tile<HD, KEYS>(vs[buf ^ 1], vh + (long)j1 * ldv, ldv, rows, head_dim, vec);
+      vt_async_commit();
+      vt_async_wait<1>();
+    } else {
+      vt_async_wait<0>();
+    }
     __syncthreads();
 
-    // S = Q·Kᵀ for 16 rows × 64 keys: 8 n-tiles of 8 keys.
-    float s[VT_FA_KEYS / 8][4];
+    // S = Q·Kᵀ for 16 rows × KEYS keys: KEYS / 8 n-tiles of 8 keys.
+    float s[KEYS / 8][4];
 #pragma unroll
-    for (int j = 0; j < VT_FA_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int j = 0; j < KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
 #pragma unroll
-      for (int j = 0; j < VT_FA_KEYS / 8; j += 2) {
+      for (int j = 0; j < KEYS / 8; j += 2) {
         uint32_t b0[2], b1[2];
-        vt_frag_b_rows(b0, b1, &ks[0][0], HD + 8, j * 8, kk * 16);
+        vt_frag_b_rows(b0, b1, &ks[buf][0][0], HD + 8, j * 8, kk * 16);
         vt_mma<T>(s[j], qf[kk], b0);
         vt_mma<T>(s[j + 1], qf[kk], b1);
       }
@@ -247,7 +266,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
     // Scale, mask keys past the sequence, and take each row's max.
     float mx_a = vt_neg_inf(), mx_b = vt_neg_inf();
 #pragma unroll
-    for (int j = 0; j < VT_FA_KEYS / 8; ++j) {
+    for (int j = 0; j < KEYS / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const bool valid = j * 8 + 2 * t + e < keys;
@@ -257,7 +276,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
         mx_b = fmaxf(mx_b, s[j][2 + e]);
       }
     }
-    // A row's 64 scores are spread over the 4 lanes of its quad.
+    // A row's scores are spread over the 4 lanes of its quad.
     mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 1));
     mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 2));
     mx_b = fmaxf(mx_b, vt_group_shfl_xor(mx_b, 1));
@@ -279,7 +298,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
     // P = exp2(S - max), summed in fp32, then rounded to T as the A operand
     // of P·V: 16 keys per k-step are two adjacent n-tiles of S.
 #pragma unroll
-    for (int kk = 0; kk < VT_FA_KEYS / 16; ++kk) {
+    for (int kk = 0; kk < KEYS / 16; ++kk) {
       float p[2][4];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -296,11 +315,12 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
 #pragma unroll
       for (int d = 0; d < HD / 8; d += 2) {
         uint32_t b0[2], b1[2];
-        vt_frag_b_cols(b0, b1, &vs[0][0], HD + 8, kk * 16, d * 8);
+        vt_frag_b_cols(b0, b1, &vs[buf][0][0], HD + 8, kk * 16, d * 8);
         vt_mma<T>(o[d], pa, b0);
         vt_mma<T>(o[d + 1], pa, b1);
       }
     }
+    __syncthreads();  // this buffer is refilled in the next iteration
   }
 
   l_a += vt_group_shfl_xor(l_a, 1);
@@ -321,18 +341,25 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   }
 }
 
-#define VT_FLASH_ATTENTION(sfx, T, HD)                                                          \
-  VT_KERNEL vt_flash_attention_##sfx##_d##HD(                                                   \
-      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,           \
-      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) { \
-    flash_attention<T, HD>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs, max_seqlen,  \
-                           heads, head_dim, scale);                                              \
+// Entry points vt_flash_attention_<dtype>_d<HD>_g<GROUPS>: 4 groups (64
+// query rows) for short or few sequences, 8 (128 rows) otherwise.
+#define VT_FLASH_ATTENTION(sfx, T, HD, GROUPS)                                                  \
+  VT_KERNEL VT_LAUNCH_BOUNDS(32 * GROUPS, 8 / GROUPS * 2)                                       \
+      vt_flash_attention_##sfx##_d##HD##_g##GROUPS(                                             \
+          const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,       \
+          const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim,         \
+          float scale) {                                                                        \
+    flash_attention<T, HD, GROUPS>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,      \
+                                   max_seqlen, heads, head_dim, scale);                         \
   }
-#define VT_FLASH_ATTENTION_DIMS(sfx, T) \
-  VT_FLASH_ATTENTION(sfx, T, 32)        \
-  VT_FLASH_ATTENTION(sfx, T, 64)        \
-  VT_FLASH_ATTENTION(sfx, T, 80)        \
-  VT_FLASH_ATTENTION(sfx, T, 96)        \
-  VT_FLASH_ATTENTION(sfx, T, 128)
+#define VT_FLASH_ATTENTION_GROUPS(sfx, T, HD) \
+  VT_FLASH_ATTENTION(sfx, T, HD, 4)           \
+  VT_FLASH_ATTENTION(sfx, T, HD, 8)
+#define VT_FLASH_ATTENTION_DIMS(sfx, T)    \
+  VT_FLASH_ATTENTION_GROUPS(sfx, T, 32)    \
+  VT_FLASH_ATTENTION_GROUPS(sfx, T, 64)    \
+  VT_FLASH_ATTENTION_GROUPS(sfx, T, 80)    \
+  VT_FLASH_ATTENTION_GROUPS(sfx, T, 96)    \
+  VT_FLASH_ATTENTION_GROUPS(sfx, T, 128)
 VT_FLASH_ATTENTION_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)

@@ -243,3 +243,38 @@ VT_DEVICE void vt_frag_b_cols(uint32_t b0[2], uint32_t b1[2], const uint16_t* ti
 #endif
 
 VT_DEVICE float vt_exp2f(float x) { return exp2f(x); }
+
+// ---------------------------------------------------------------------------
+// Asynchronous 16-byte global -> shared copies, so a block can fetch its next
+// tile while it computes on the current one. On CUDA (sm_80+) these are
+// cp.async with zero-fill; elsewhere a plain copy, and commit/wait do nothing.
+//   vt_copy16_async(dst, src, valid): dst = valid ? *src : 0 (16 bytes)
+//   vt_async_commit(): closes the group of copies issued so far
+//   vt_async_wait<N>(): waits until at most N groups are in flight
+// A __syncthreads() is still needed after the wait before other threads read.
+// ---------------------------------------------------------------------------
+#if defined(VT_HIP)
+VT_DEVICE void vt_copy16_async(void* dst, const void* src, bool valid) {
+  *(uint4*)dst = valid ? *(const uint4*)src : make_uint4(0, 0, 0, 0);
+}
+VT_DEVICE void vt_async_commit() {}
+template <int N> VT_DEVICE void vt_async_wait() {}
+#else
+VT_DEVICE void vt_copy16_async(void* dst, const void* src, bool valid) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+VT_DEVICE void vt_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> VT_DEVICE void vt_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif
+
+// Launch bounds: CUDA's second argument (minimum resident blocks per SM) has
+// a different meaning on HIP, so only the thread count is passed there.
+#if defined(VT_HIP)
+#define VT_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads)
+#else
+#define VT_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
+#endif

@@ -129,10 +129,9 @@ enum AttentionKernel {
     Reference,
 }
 
-/// Query rows per block of the fused kernel (`VT_FA_ROWS`).
-const FUSED_QUERY_TILE: usize = 64;
-/// Threads per block of the fused kernel: four tile groups.
-const FUSED_BLOCK: u32 = 128;
+/// Blocks of 128 query rows from which the fused kernel's larger tiles still
+/// fill a large GPU (132 SMs on an H100) several times over.
+const FUSED_ENOUGH_BLOCKS: usize = 1024;
 /// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
 const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
 
@@ -601,14 +600,25 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             KernelArg::F32(scale),
         ];
         if let Some(padded) = self.attention.fused_head_dim(q.dtype, head_dim) {
-            // One block per (sequence, head, 64-query tile).
-            let blocks = seqs.len() * heads * seqs.max_len().div_ceil(FUSED_QUERY_TILE);
-            let grid = u32::try_from(blocks).map_err(|_| {
-                Error::InvalidArgument(format!("attention grid of {blocks} blocks is too large"))
+            // One block per (sequence, head, query tile): 128-row tiles share
+            // each K/V tile among more queries, 64-row tiles keep a small
+            // batch from leaving most of the GPU idle.
+            let blocks = |groups: usize| seqs.len() * heads * seqs.max_len().div_ceil(16 * groups);
+            let groups = if blocks(8) >= FUSED_ENOUGH_BLOCKS {
+                8
+            } else {
+                4
+            };
+            let grid = u32::try_from(blocks(groups)).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "attention grid of {} blocks is too large",
+                    blocks(groups)
+                ))
             })?;
-            let name = format!("vt_flash_attention_{}_d{padded}", suffix(q.dtype));
+            let name = format!("vt_flash_attention_{}_d{padded}_g{groups}", suffix(q.dtype));
+            let block = (groups * 32) as u32;
             self.rt
-                .launch(KernelModule::Attention, &name, grid, FUSED_BLOCK, &args)?;
+                .launch(KernelModule::Attention, &name, grid, block, &args)?;
         } else {
             let block = self.block(128);
             let warps = block as usize / self.rt.warp_size().max(1);

@@ -126,8 +126,20 @@ pub struct LoadReport {
 
 trait Runner: Send + Sync {
     fn forward(&self, groups: &[HostTensor], keep: &[usize]) -> Result<Vec<Embedding>>;
+    fn time_forward(&self, pixels: &HostTensor, repeats: usize) -> Result<DeviceTiming>;
     fn device_name(&self) -> String;
     fn dtype(&self) -> DType;
+}
+
+/// Device-side timings of repeated forward passes over one batch, from
+/// [`Encoder::time_forward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceTiming {
+    /// Seconds per pass, in run order.
+    pub seconds: Vec<f64>,
+    /// Device memory high-water mark over the passes (weights included),
+    /// where the backend keeps count; `None` on the CPU.
+    pub peak_bytes: Option<u64>,
 }
 
 struct Loaded<B: Backend> {
@@ -168,6 +180,25 @@ impl<B: Backend> Runner for Loaded<B> {
                 })
             })
             .collect()
+    }
+
+    fn time_forward(&self, pixels: &HostTensor, repeats: usize) -> Result<DeviceTiming> {
+        let be = &self.backend;
+        let uploaded = [be.upload(pixels, self.dtype)?];
+        be.synchronize()?;
+        be.reset_peak_memory();
+        let mut seconds = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = std::time::Instant::now();
+            let outputs = self.model.forward(be, &uploaded, &[])?;
+            be.synchronize()?;
+            seconds.push(start.elapsed().as_secs_f64());
+            drop(outputs);
+        }
+        Ok(DeviceTiming {
+            seconds,
+            peak_bytes: be.memory().map(|m| m.peak_bytes),
+        })
     }
 
     fn device_name(&self) -> String {
@@ -562,6 +593,16 @@ impl Encoder {
                 )
             }
         }
+    }
+
+    /// Times `repeats` forward passes over `pixels` (`[b, 3, H, W]`, fp32)
+    /// on the device, as a PyTorch benchmark times `model(pixel_values)`
+    /// with CUDA events: the pixels are uploaded once beforehand, each pass
+    /// ends when the device is idle, and the outputs stay on the device
+    /// (no download, no NaN check). For benchmarks; use
+    /// [`Encoder::forward_pixels`] for results.
+    pub fn time_forward(&self, pixels: &HostTensor, repeats: usize) -> Result<DeviceTiming> {
+        self.runner.time_forward(pixels, repeats)
     }
 
     /// Runs a batch of same-size images `[b, 3, H, W]` (fp32). RADIO takes RGB

@@ -60,5 +60,5 @@ pub mod backends {
     #[cfg(feature = "hip")]
     pub use vitrine_hip as hip;
 }
-pub use encoder::{Embedding, Encoder, LoadReport, OverflowPolicy, OverflowRetry};
+pub use encoder::{DeviceTiming, Embedding, Encoder, LoadReport, OverflowPolicy, OverflowRetry};
 pub use vitrine_core::{DType, Error, HostTensor, Result};
