@@ -86,6 +86,15 @@ fn truncated_files_of_each_format() {
     decode_image(&tail, &DecodeLimits::default()).unwrap();
 }
 
+/// Found by the `image` fuzz target: the png crate (0.18.1) panics on a
+/// palette whose length is not a multiple of 3. The panic must become an
+/// error for this one image.
+#[test]
+fn a_decoder_panic_is_an_error_for_that_image() {
+    let m = decode_err(&asset("fuzz-png-bad-palette.png"));
+    assert!(m.starts_with("cannot decode image"), "{m}");
+}
+
 #[test]
 fn corrupt_bytes_inside_a_png_are_caught_by_its_checksum() {
     let mut png = asset("gradient.png");

@@ -185,7 +185,25 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
 }
 
 /// Decodes an encoded image held in memory (see the module docs).
+///
+/// A panic inside a decoder is turned into an error for this image: the
+/// fuzzer found one in the `png` crate (0.18.1, a PLTE chunk whose length is
+/// not a multiple of 3 indexes past its end), and one bad file must not take
+/// a whole batch down.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    std::panic::catch_unwind(|| decode_unguarded(bytes, limits)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        Err(Error::InvalidArgument(format!(
+            "cannot decode image: the decoder failed on malformed data ({what})"
+        )))
+    })
+}
+
+fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     // First pass: headers only. Checks the declared size against the limits
     // before any pixel buffer exists, and reads the EXIF orientation.
     let r = reader(bytes, limits)?;
