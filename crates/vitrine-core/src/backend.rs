@@ -107,6 +107,23 @@ pub trait Backend: Send + Sync {
     /// Columns `start .. start + len` of a 2-D tensor (splits a fused qkv).
     fn slice_cols(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
 
+    /// `r + gamma ⊙ (x · wᵀ + b)`: a linear layer whose output joins the
+    /// residual stream `r` (`gamma` is LayerScale). The default composes
+    /// [`Backend::linear`] and [`Backend::residual`], rounding after each as
+    /// PyTorch does; a backend may fuse them into one GEMM epilogue with a
+    /// single rounding (closer to exact, never further).
+    fn linear_residual(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        r: &Self::Tensor,
+        gamma: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let y = self.linear(x, w, b)?;
+        self.residual(r, &y, gamma)
+    }
+
     /// Waits until queued device work is done (timing, error surfacing).
     fn synchronize(&self) -> Result<()> {
         Ok(())

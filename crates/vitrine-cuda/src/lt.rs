@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc;
 use cudarc::cublaslt::{result as lt, sys};
@@ -41,6 +42,15 @@ fn alignment(ptr: u64) -> u32 {
     }
 }
 
+/// The alignment of C and D, which share a layout.
+fn c_alignment(g: &Gemm) -> u32 {
+    if g.c_in == 0 {
+        alignment(g.c)
+    } else {
+        alignment(g.c).min(alignment(g.c_in))
+    }
+}
+
 /// Everything a plan depends on.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct PlanKey {
@@ -60,7 +70,7 @@ impl PlanKey {
             mnk: (g.m, g.n, g.k),
             ld: (g.lda, g.ldb, g.ldc),
             bias: g.bias != 0,
-            align: (alignment(g.a), alignment(g.b), alignment(g.c)),
+            align: (alignment(g.a), alignment(g.b), c_alignment(g)),
         }
     }
 }
@@ -72,7 +82,12 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     c: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    /// Further candidates from the heuristic, timed on the first call.
+    untimed: Vec<sys::cublasLtMatmulAlgo_t>,
 }
+
+/// Candidates asked of the heuristic; the fastest on the real operands wins.
+const CANDIDATES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -171,6 +186,7 @@ impl Lt {
             c: layout(g.dtype, g.m, g.n, g.ldc)?,
             // SAFETY: a plain-old-data struct; replaced by the heuristic's pick.
             algo: unsafe { std::mem::zeroed() },
+            untimed: Vec::new(),
         };
         let epilogue = if g.bias != 0 {
             sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
@@ -178,8 +194,10 @@ impl Lt {
             sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
         };
         let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
+        let c_align = c_alignment(g);
         // SAFETY: the descriptor and preference are live; each value has the
-        // type the attribute documents (enums as i32/u32, sizes as u64).
+        // type the attribute documents (enums as i32/u32, sizes as u64); the
+        // heuristic writes at most CANDIDATES results.
         let found = unsafe {
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op(g.trans_a))?;
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op(g.trans_b))?;
@@ -202,14 +220,17 @@ impl Lt {
             set_pref(
                 pref,
                 P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                &alignment(g.c),
+                &c_align,
             )?;
             set_pref(
                 pref,
                 P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                &alignment(g.c),
+                &c_align,
             )?;
-            let found = lt::get_matmul_algo_heuristic(
+            let mut results: [sys::cublasLtMatmulHeuristicResult_t; CANDIDATES] =
+                std::mem::zeroed();
+            let mut count = 0;
+            let status = sys::cublasLtMatmulAlgoGetHeuristic(
                 self.handle,
                 plan.desc,
                 plan.a,
@@ -217,24 +238,43 @@ impl Lt {
                 plan.c,
                 plan.c,
                 pref,
+                CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut count,
             );
             let _ = lt::destroy_matmul_pref(pref);
-            found
+            let usable = if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                count.clamp(0, CANDIDATES as i32) as usize
+            } else {
+                0
+            };
+            results[..usable]
+                .iter()
+                .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .map(|r| r.algo)
+                .collect::<Vec<_>>()
         };
-        Ok(match found {
-            Ok(h) => {
-                // Assigned, not `..plan`: the handles are Copy, so a struct
-                // update would copy them and the drop of `plan` free them.
-                plan.algo = h.algo;
-                Some(plan)
-            }
-            Err(_) => None,
-        })
+        let Some((&first, rest)) = found.split_first() else {
+            return Ok(None);
+        };
+        // Assigned, not `..plan`: the handles are Copy, so a struct update
+        // would copy them and the drop of `plan` would free them.
+        plan.algo = first;
+        plan.untimed = rest.to_vec();
+        Ok(Some(plan))
     }
 
     /// Runs `g` (bias in the epilogue when `g.bias != 0`). Returns false,
-    /// having done nothing, when cuBLASLt has no algorithm for it.
-    pub(crate) fn gemm(&self, g: &Gemm, workspace: u64, stream: sys::cudaStream_t) -> Result<bool> {
+    /// having done nothing, when cuBLASLt has no algorithm for it. The first
+    /// call for a shape times the heuristic's candidates (`sync` waits for
+    /// the stream) and keeps the fastest for later calls.
+    pub(crate) fn gemm(
+        &self,
+        g: &Gemm,
+        workspace: u64,
+        stream: sys::cudaStream_t,
+        sync: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
         let key = PlanKey::of(g);
         let mut plans = self
             .plans
@@ -244,13 +284,66 @@ impl Lt {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(self.plan(g)?),
         };
-        let Some(plan) = plan.as_ref() else {
+        let Some(plan) = plan.as_mut() else {
             return Ok(false);
         };
+        // Re-running is harmless unless D is also read as C.
+        let rerunnable = g.beta == 0.0 || g.c_in != 0;
+        if !plan.untimed.is_empty() && rerunnable {
+            self.tune(plan, g, workspace, stream, sync)?;
+        }
+        self.run(plan, &plan.algo, g, workspace, stream)?;
+        Ok(true)
+    }
+
+    /// Times every candidate algorithm of `plan` on the real operands (best
+    /// of three runs each, after one warm-up) and keeps the fastest.
+    fn tune(
+        &self,
+        plan: &mut Plan,
+        g: &Gemm,
+        workspace: u64,
+        stream: sys::cudaStream_t,
+        sync: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        let mut candidates = vec![plan.algo];
+        candidates.append(&mut plan.untimed);
+        let mut best = (f64::INFINITY, plan.algo);
+        for algo in candidates {
+            // A candidate that fails to launch is simply not chosen.
+            if self.run(plan, &algo, g, workspace, stream).is_err() {
+                continue;
+            }
+            let mut fastest = f64::INFINITY;
+            for _ in 0..3 {
+                sync()?;
+                let t = Instant::now();
+                self.run(plan, &algo, g, workspace, stream)?;
+                sync()?;
+                fastest = fastest.min(t.elapsed().as_secs_f64());
+            }
+            if fastest < best.0 {
+                best = (fastest, algo);
+            }
+        }
+        plan.algo = best.1;
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        g: &Gemm,
+        workspace: u64,
+        stream: sys::cudaStream_t,
+    ) -> Result<()> {
         let (alpha, beta) = (1.0f32, g.beta);
+        let c_in = if g.c_in != 0 { g.c_in } else { g.c };
         // SAFETY: pointers are live device buffers whose shapes and strides
-        // the plan was built for; alpha/beta are host f32 (the scale type);
-        // the workspace holds WORKSPACE_BYTES on the same stream.
+        // the plan was built for (C and D share a layout); alpha/beta are
+        // host f32 (the scale type); the workspace holds WORKSPACE_BYTES on
+        // the same stream.
         unsafe {
             if g.bias != 0 {
                 set_desc(
@@ -268,17 +361,16 @@ impl Lt {
                 plan.a,
                 g.b as *const c_void,
                 plan.b,
-                g.c as *const c_void,
+                c_in as *const c_void,
                 plan.c,
                 g.c as *mut c_void,
                 plan.c,
-                &plan.algo,
+                algo,
                 workspace as *mut c_void,
                 WORKSPACE_BYTES,
                 stream,
             )
         }
-        .map_err(|e| lt_err("matmul", e))?;
-        Ok(true)
+        .map_err(|e| lt_err("matmul", e))
     }
 }

@@ -287,9 +287,19 @@ impl GpuRuntime for CudaRuntime {
         if self.use_lt
             && self
                 .lt
-                .gemm(g, self.workspace.ptr, self.stream.cu_stream() as _)?
+                .gemm(g, self.workspace.ptr, self.stream.cu_stream() as _, &|| {
+                    self.synchronize()
+                })?
         {
             return Ok(());
+        }
+        if g.c_in != 0 {
+            // Only a fused epilogue can read C from elsewhere; the backend
+            // composes the op itself on this answer.
+            return Err(Error::NotSupported {
+                op: "GEMM with a separate C input (no cuBLASLt algorithm)",
+                backend: self.name(),
+            });
         }
         // No cuBLASLt algorithm for this shape: plain cuBLAS, with the bias
         // pre-filled into C (the backend hands C over with ldc = m).

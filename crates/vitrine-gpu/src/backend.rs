@@ -443,8 +443,73 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             ldc: m,
             beta,
             bias,
+            c_in: 0,
         })?;
         Ok(y)
+    }
+
+    fn linear_residual(
+        &self,
+        x: &GpuTensor<R>,
+        w: &GpuTensor<R>,
+        b: Option<&GpuTensor<R>>,
+        r: &GpuTensor<R>,
+        gamma: Option<&GpuTensor<R>>,
+    ) -> Result<GpuTensor<R>> {
+        let compose = || {
+            let y = self.linear(x, w, b)?;
+            self.residual(r, &y, gamma)
+        };
+        // The fused form needs the runtime's epilogue; LayerScale is not
+        // folded in (it would scale the residual-free part only).
+        if gamma.is_some() || !self.rt.gemm_bias_epilogue() {
+            return compose();
+        }
+        let _t = self.timed("linear_residual");
+        let (n, k) = rank2("linear input", x)?;
+        let (m, kw) = rank2("linear weight", w)?;
+        same_dtype("linear", x, w)?;
+        same_dtype("linear residual", x, r)?;
+        if k != kw || r.dims != [n, m] {
+            return Err(Error::shape(
+                "linear_residual",
+                format!(
+                    "input [{n}, {k}], weight [{m}, {kw}], residual {:?}",
+                    r.dims
+                ),
+            ));
+        }
+        if let Some(b) = b {
+            vector("linear bias", b, m, x.dtype)?;
+        }
+        if n == 0 || m == 0 {
+            return compose();
+        }
+        let (w, r) = (&self.dense(w)?, &self.dense(r)?);
+        let y = self.alloc(&[n, m], x.dtype)?;
+        // Y = X·Wᵀ + b + R in one epilogue: R is read as C, Y written as D.
+        let fused = self.rt.gemm(&Gemm {
+            dtype: x.dtype,
+            trans_a: true,
+            trans_b: false,
+            m,
+            n,
+            k,
+            a: w.ptr(),
+            lda: k,
+            b: x.ptr(),
+            ldb: x.ld,
+            c: y.ptr(),
+            ldc: m,
+            beta: 1.0,
+            bias: b.map_or(0, |b| b.ptr()),
+            c_in: r.ptr(),
+        });
+        match fused {
+            Ok(()) => Ok(y),
+            Err(Error::NotSupported { .. }) => compose(),
+            Err(e) => Err(e),
+        }
     }
 
     fn layer_norm(

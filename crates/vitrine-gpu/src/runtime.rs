@@ -98,6 +98,11 @@ pub struct Gemm {
     pub ldc: usize,
     /// 0 to overwrite C, 1 to add to it (a pre-filled bias).
     pub beta: f32,
+    /// Device address of the C read by the beta term when it is not the
+    /// output (`D = A·B + bias + beta·C_in`, written to `c`), or 0 for `c`
+    /// itself. Same layout as C. Only passed to runtimes whose
+    /// [`GpuRuntime::gemm_bias_epilogue`] is true.
+    pub c_in: u64,
     /// Device address of a vector of `m` elements added to every column of
     /// C in the fp32 epilogue, or 0 for none. Only passed to runtimes whose
     /// [`GpuRuntime::gemm_bias_epilogue`] is true.

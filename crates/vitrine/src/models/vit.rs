@@ -81,6 +81,18 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
         be.linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `r + gamma ⊙ layer(x)`: the layer's output added to the residual
+    /// stream `r`, with optional LayerScale `gamma`.
+    pub fn forward_residual(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        r: &B::Tensor,
+        gamma: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
+        be.linear_residual(x, &self.weight, self.bias.as_ref(), r, gamma)
+    }
 }
 
 /// LayerNorm or RMSNorm over the last axis.
@@ -169,7 +181,16 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(&self, be: &B, x: &B::Tensor, seqs: &SeqLayout) -> Result<B::Tensor> {
+    /// `r + gamma ⊙ proj(attn(qkv(x)))`: attention over the normalised rows
+    /// `x`, added to the residual stream `r`.
+    fn forward(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        seqs: &SeqLayout,
+        r: &B::Tensor,
+        gamma: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
         let d = self.hidden;
         let qkv = self.qkv.forward(be, x)?;
         // Equal thirds in q, k, v order; heads are contiguous inside each third.
@@ -182,7 +203,7 @@ impl<B: Backend> Attention<B> {
         }
         let scale = ((d / self.heads) as f32).powf(-0.5);
         let o = be.attention(&q, &k, &v, seqs, self.heads, scale)?;
-        self.proj.forward(be, &o)
+        self.proj.forward_residual(be, &o, r, gamma)
     }
 }
 
@@ -193,10 +214,17 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
+    /// `r + gamma ⊙ fc2(gelu(fc1(x)))`.
+    fn forward(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        r: &B::Tensor,
+        gamma: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
         let h = self.fc1.forward(be, x)?;
         let h = be.gelu(&h)?;
-        self.fc2.forward(be, &h)
+        self.fc2.forward_residual(be, &h, r, gamma)
     }
 }
 
@@ -230,10 +258,10 @@ impl<B: Backend> Block<B> {
 
     /// Runs the block on packed rows.
     pub fn forward(&self, be: &B, x: &B::Tensor, seqs: &SeqLayout) -> Result<B::Tensor> {
-        let a = self.attn.forward(be, &self.norm1.forward(be, x)?, seqs)?;
-        let x = be.residual(x, &a, self.ls1.as_ref())?;
-        let m = self.mlp.forward(be, &self.norm2.forward(be, &x)?)?;
-        be.residual(&x, &m, self.ls2.as_ref())
+        let h = self.norm1.forward(be, x)?;
+        let x = self.attn.forward(be, &h, seqs, x, self.ls1.as_ref())?;
+        let h = self.norm2.forward(be, &x)?;
+        self.mlp.forward(be, &h, &x, self.ls2.as_ref())
     }
 }
 
