@@ -16,12 +16,28 @@
        i < (n); i += vt_step_)
 
 // Exact (erf) GELU, as nn.GELU() / ACT2FN["gelu"]; not the tanh form.
+template <typename T> VT_DEVICE T gelu_one(T x) {
+  const float v = vt_to_f32(x);
+  return vt_from_f32<T>(0.5f * v * (1.0f + vt_erff(v * 0.70710678118654752440f)));
+}
+
+// 16 bytes of elements per step when both pointers are 16-byte aligned (the
+// usual case: whole allocations), one element at a time for the rest.
 template <typename T> VT_DEVICE void gelu(const T* x, T* y, long n) {
-  const float inv_sqrt2 = 0.70710678118654752440f;
-  VT_GRID_LOOP(i, n) {
-    const float v = vt_to_f32(x[i]);
-    y[i] = vt_from_f32<T>(0.5f * v * (1.0f + vt_erff(v * inv_sqrt2)));
+  constexpr int N = 16 / sizeof(T);
+  struct alignas(16) Pack { T v[N]; };
+  long head = 0;
+  if (((uintptr_t)x % 16) == 0 && ((uintptr_t)y % 16) == 0) {
+    const long packs = n / N;
+    VT_GRID_LOOP(i, packs) {
+      Pack p = ((const Pack*)x)[i];
+#pragma unroll
+      for (int j = 0; j < N; ++j) p.v[j] = gelu_one(p.v[j]);
+      ((Pack*)y)[i] = p;
+    }
+    head = packs * N;
   }
+  VT_GRID_LOOP(i, n - head) y[head + i] = gelu_one(x[head + i]);
 }
 #define VT_GELU(sfx, T) \
   VT_KERNEL vt_gelu_##sfx(const T* x, T* y, long n) { gelu<T>(x, y, n); }

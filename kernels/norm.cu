@@ -76,6 +76,58 @@ VT_DEVICE void rms_norm_rows(const T* x, int ldx, const T* w, T* y, int ldy, int
 }
 
 // w and b may be NULL (no scale / no shift).
+// LayerNorm with one warp per row, for rows of up to VT_LN_PER_LANE ·
+// wave-size columns: the row is read from memory once into registers, and
+// the reductions are warp shuffles with no block barrier. Same arithmetic as
+// layer_norm_rows (fp32 mean, then fp32 mean of squared deviations), summed
+// in a different order. Launch: block = n warps, grid-stride over rows with
+// row = blockIdx.x · n + warp.
+#define VT_LN_PER_LANE 48
+
+template <typename T>
+VT_DEVICE void layer_norm_warp(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, int rows,
+                               int cols, float eps) {
+  const int lane = threadIdx.x % VT_WARP_SIZE;
+  const int warps = blockDim.x / VT_WARP_SIZE;
+  for (int r = blockIdx.x * warps + threadIdx.x / VT_WARP_SIZE; r < rows; r += gridDim.x * warps) {
+    const T* xr = x + (long)r * ldx;
+    T* yr = y + (long)r * ldy;
+    float v[VT_LN_PER_LANE];
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VT_LN_PER_LANE; ++k) {
+      const int c = lane + k * VT_WARP_SIZE;
+      v[k] = c < cols ? vt_to_f32(xr[c]) : 0.0f;
+      s += v[k];
+    }
+    const float mean = vt_warp_sum(s) / (float)cols;
+    float q = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VT_LN_PER_LANE; ++k) {
+      const int c = lane + k * VT_WARP_SIZE;
+      const float d = c < cols ? v[k] - mean : 0.0f;
+      q += d * d;
+    }
+    const float rstd = vt_rsqrtf(vt_warp_sum(q) / (float)cols + eps);
+#pragma unroll
+    for (int k = 0; k < VT_LN_PER_LANE; ++k) {
+      const int c = lane + k * VT_WARP_SIZE;
+      if (c < cols) {
+        const float g = w ? vt_to_f32(w[c]) : 1.0f;
+        const float o = b ? vt_to_f32(b[c]) : 0.0f;
+        yr[c] = vt_from_f32<T>((v[k] - mean) * rstd * g + o);
+      }
+    }
+  }
+}
+
+#define VT_LAYER_NORM_WARP(sfx, T)                                                               \
+  VT_KERNEL vt_layer_norm_warp_##sfx(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, \
+                                     int rows, int cols, float eps) {                            \
+    layer_norm_warp<T>(x, ldx, w, b, y, ldy, rows, cols, eps);                                   \
+  }
+VT_FOR_EACH_DTYPE(VT_LAYER_NORM_WARP)
+
 #define VT_LAYER_NORM(sfx, T)                                                               \
   VT_KERNEL vt_layer_norm_##sfx(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, \
                                 int rows, int cols, float eps) {                            \

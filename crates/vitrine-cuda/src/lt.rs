@@ -4,7 +4,10 @@
 //! with the same single rounding PyTorch's `addmm` has.
 //!
 //! A plan (descriptor, layouts, chosen algorithm) is cached per shape and
-//! pointer alignment: the heuristic query costs more than a small GEMM.
+//! pointer alignment: the heuristic query costs more than a small GEMM. The
+//! algorithm is the heuristic's first pick, so a shape always runs the same
+//! code and results are reproducible; `VITRINE_CUDA_GEMM=tuned` times the
+//! top candidates instead (faster, not reproducible across processes).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -105,6 +108,10 @@ impl Drop for Plan {
 /// for which cuBLASLt offers no algorithm (the caller then uses cuBLAS).
 pub(crate) struct Lt {
     handle: sys::cublasLtHandle_t,
+    /// Time the heuristic's candidates (`VITRINE_CUDA_GEMM=tuned`). Off by
+    /// default: the pick then depends on timing noise, so two processes may
+    /// choose different algorithms and differ in the last bits.
+    tune: bool,
     plans: Mutex<HashMap<PlanKey, Option<Plan>>>,
 }
 
@@ -156,6 +163,7 @@ impl Lt {
     pub(crate) fn new() -> Result<Self> {
         Ok(Self {
             handle: lt::create_handle().map_err(|e| lt_err("init", e))?,
+            tune: matches!(std::env::var("VITRINE_CUDA_GEMM").as_deref(), Ok("tuned")),
             plans: Mutex::new(HashMap::new()),
         })
     }
@@ -206,6 +214,16 @@ impl Lt {
                 pref,
                 P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &(WORKSPACE_BYTES as u64),
+            )?;
+            // No split-K reductions through atomics in the output: results
+            // stay bit-reproducible from run to run.
+            let deterministic =
+                sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32
+                    | sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE as u32;
+            set_pref(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                &deterministic,
             )?;
             set_pref(
                 pref,
@@ -289,7 +307,7 @@ impl Lt {
         };
         // Re-running is harmless unless D is also read as C.
         let rerunnable = g.beta == 0.0 || g.c_in != 0;
-        if !plan.untimed.is_empty() && rerunnable {
+        if self.tune && !plan.untimed.is_empty() && rerunnable {
             self.tune(plan, g, workspace, stream, sync)?;
         }
         self.run(plan, &plan.algo, g, workspace, stream)?;

@@ -56,7 +56,8 @@ pub struct CudaRuntime {
     blas: CudaBlas,
     lt: Lt,
     /// False with `VITRINE_CUDA_GEMM=cublas`: plain cuBLAS for every GEMM
-    /// (a bias is then broadcast into C first), for A/B comparisons.
+    /// (a bias is then broadcast into C first), for A/B comparisons;
+    /// `VITRINE_CUDA_GEMM=tuned` keeps cuBLASLt and times its candidates.
     use_lt: bool,
     /// cuBLASLt's workspace, [`lt::WORKSPACE_BYTES`] long.
     workspace: CudaBuffer,

@@ -536,12 +536,25 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             c,
             KernelArg::F32(eps),
         ];
-        self.norm_launch(
-            &format!("vt_layer_norm_{}", suffix(x.dtype)),
-            rows,
-            cols,
-            &args,
-        )?;
+        // One warp per row while the row fits its registers (VT_LN_PER_LANE).
+        let warp = self.rt.warp_size().max(1);
+        if cols <= 48 * warp {
+            let block = self.block(4 * warp);
+            self.rt.launch(
+                KernelModule::Norm,
+                &format!("vt_layer_norm_warp_{}", suffix(x.dtype)),
+                Self::grid(rows, block as usize / warp),
+                block,
+                &args,
+            )?;
+        } else {
+            self.norm_launch(
+                &format!("vt_layer_norm_{}", suffix(x.dtype)),
+                rows,
+                cols,
+                &args,
+            )?;
+        }
         Ok(y)
     }
 
