@@ -195,6 +195,18 @@ impl<'a, B: Backend> Weights<'a, B> {
         }
     }
 
+    /// A LayerScale vector that may be absent. One of all ones is dropped:
+    /// multiplying by 1 is exact, and without it the backend can fuse the
+    /// residual add into the GEMM, so a checkpoint that stores identity
+    /// scales (HF's RADIO layout) runs exactly like one that has none.
+    pub fn layer_scale_opt(&self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
+        match self.host_opt(name, &[len], &[len])? {
+            Some(t) if t.to_f32_vec().iter().all(|&v| v == 1.0) => Ok(None),
+            Some(t) => self.backend.upload(&t, self.dtype).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Integer tensor (RADIO's `summary_idxs` buffer).
     pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>> {
         for source in (self.map)(name) {

@@ -246,13 +246,13 @@ impl<B: Backend> Block<B> {
         Ok(Self {
             norm1: Norm::load(w, &format!("{name}.norm1"), spec.norm, d, spec.eps)?,
             attn: Attention::load(w, &format!("{name}.attn"), spec)?,
-            ls1: w.get_opt(&format!("{name}.ls1"), &[d])?,
+            ls1: w.layer_scale_opt(&format!("{name}.ls1"), d)?,
             norm2: Norm::load(w, &format!("{name}.norm2"), spec.norm, d, spec.eps)?,
             mlp: Mlp {
                 fc1: Linear::load(w, &format!("{name}.mlp.fc1"), spec.mlp_hidden, d, true)?,
                 fc2: Linear::load(w, &format!("{name}.mlp.fc2"), d, spec.mlp_hidden, true)?,
             },
-            ls2: w.get_opt(&format!("{name}.ls2"), &[d])?,
+            ls2: w.layer_scale_opt(&format!("{name}.ls2"), d)?,
         })
     }
 
