@@ -110,9 +110,9 @@ VT_FOR_EACH_DTYPE(VT_ATTENTION)
 // Fused attention (f16 / bf16): the same packed variable-length contract and
 // arguments as the reference kernel above, computed the FlashAttention-2 way.
 //
-// A block of GROUPS tile groups owns 16·GROUPS query rows of one (sequence,
-// head); group w owns rows 16w..16w+15 and keeps their Q fragments, running
-// max and sum and output accumulator in registers. The block walks the
+// A block of GROUPS tile groups owns 16·MT·GROUPS query rows of one
+// (sequence, head); group w owns MT m-tiles of 16 rows and keeps their Q
+// fragments, running max and sum and output accumulators in registers. The block walks the
 // sequence's keys in tiles of KEYS: K and V tiles are double-buffered in
 // shared memory (the next tile is fetched asynchronously while the current
 // one is used), S = Q·Kᵀ and O += P·V run on the tile MMA (fp32
@@ -123,8 +123,8 @@ VT_FOR_EACH_DTYPE(VT_ATTENTION)
 //
 // Launch: block = 32·GROUPS threads (GROUPS tile groups of VT_MMA_GROUP
 // lanes; nothing assumes a wave of that many lanes), grid = num_seqs · heads
-// · ceil(max_seqlen / (16·GROUPS)), block b taking query tile b % tiles of
-// head (b / tiles) % heads of sequence b / (tiles · heads). Empty tiles
+// · ceil(max_seqlen / (16·MT·GROUPS)), block b taking query tile b % tiles
+// of head (b / tiles) % heads of sequence b / (tiles · heads). Empty tiles
 // return at once.
 // ---------------------------------------------------------------------------
 
@@ -179,12 +179,12 @@ VT_DEVICE void stage_tile(uint16_t (*tile)[HD + 8], const uint16_t* base, int ld
   }
 }
 
-template <typename T, int HD, int GROUPS>
+template <typename T, int HD, int GROUPS, int MT>
 VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out,
                                int ldo, const int* cu_seqlens, int num_seqs, int max_seqlen,
                                int heads, int head_dim, float scale) {
   constexpr int KEYS = FaKeys<HD>::value;
-  constexpr int ROWS = 16 * GROUPS;
+  constexpr int ROWS = 16 * MT * GROUPS;
   __shared__ __align__(16) uint16_t ks[2][KEYS][HD + 8];
   __shared__ __align__(16) uint16_t vs[2][KEYS][HD + 8];
 
@@ -212,25 +212,34 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   stage_tile<HD, KEYS>(vs[0], vh, ldv, min(KEYS, len), head_dim, vec);
   vt_async_commit();
 
-  // Q fragments of this group's 16 rows (rows relative to the sequence),
-  // loaded while the first K/V tile is in flight.
+  // Q fragments of this group's MT m-tiles of 16 rows (rows relative to the
+  // sequence), loaded while the first K/V tile is in flight. Row ra(mt) is
+  // the lane's upper row of m-tile mt, ra(mt) + 8 its lower one.
   const T* qh = q + (long)start * ldq + col0;
-  const int ra = q0 + group * 16 + g, rb = ra + 8;
-  uint32_t qf[HD / 16][4];
+  const int row0 = q0 + group * 16 * MT + g;
+  uint32_t qf[MT][HD / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) {
-    const int c = kk * 16 + 2 * t;
-    qf[kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
-    qf[kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
-    qf[kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
-    qf[kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
+  for (int mt = 0; mt < MT; ++mt) {
+    const int ra = row0 + 16 * mt, rb = ra + 8;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const int c = kk * 16 + 2 * t;
+      qf[mt][kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
+      qf[mt][kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
+      qf[mt][kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
+      qf[mt][kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
+    }
   }
 
-  float o[HD / 8][4];
+  float o[MT][HD / 8][4];
+  float m[MT][2], l[MT][2];  // running max, and this lane's part of the running sum
 #pragma unroll
-  for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-  float m_a = vt_neg_inf(), m_b = vt_neg_inf();  // running max of rows ra and rb
-  float l_a = 0.0f, l_b = 0.0f;                  // this lane's part of the running sums
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d) o[mt][d][0] = o[mt][d][1] = o[mt][d][2] = o[mt][d][3] = 0.0f;
+    m[mt][0] = m[mt][1] = vt_neg_inf();
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
 
   for (int it = 0; it < num_tiles; ++it) {
     const int j0 = it * KEYS, buf = it & 1;
@@ -248,118 +257,144 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
     }
     __syncthreads();
 
-    // S = Q·Kᵀ for 16 rows × KEYS keys: KEYS / 8 n-tiles of 8 keys.
-    float s[KEYS / 8][4];
+    // S = Q·Kᵀ for each m-tile × KEYS keys; every K fragment read from
+    // shared memory serves all MT m-tiles.
+    float s[MT][KEYS / 8][4];
 #pragma unroll
-    for (int j = 0; j < KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < KEYS / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
 #pragma unroll
       for (int j = 0; j < KEYS / 8; j += 2) {
         uint32_t b0[2], b1[2];
         vt_frag_b_rows(b0, b1, &ks[buf][0][0], HD + 8, j * 8, kk * 16);
-        vt_mma<T>(s[j], qf[kk], b0);
-        vt_mma<T>(s[j + 1], qf[kk], b1);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          vt_mma<T>(s[mt][j], qf[mt][kk], b0);
+          vt_mma<T>(s[mt][j + 1], qf[mt][kk], b1);
+        }
       }
     }
 
-    // Scale, mask keys past the sequence, and take each row's max.
-    float mx_a = vt_neg_inf(), mx_b = vt_neg_inf();
+    uint32_t pa[MT][KEYS / 16][4];
 #pragma unroll
-    for (int j = 0; j < KEYS / 8; ++j) {
+    for (int mt = 0; mt < MT; ++mt) {
+      // Scale, mask keys past the sequence, and take each row's max.
+      float mx[2] = {vt_neg_inf(), vt_neg_inf()};
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const bool valid = j * 8 + 2 * t + e < keys;
-        s[j][e] = valid ? s[j][e] * scale_log2 : vt_neg_inf();
-        s[j][2 + e] = valid ? s[j][2 + e] * scale_log2 : vt_neg_inf();
-        mx_a = fmaxf(mx_a, s[j][e]);
-        mx_b = fmaxf(mx_b, s[j][2 + e]);
+      for (int j = 0; j < KEYS / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = j * 8 + 2 * t + e < keys;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float& x = s[mt][j][2 * h + e];
+            x = valid ? x * scale_log2 : vt_neg_inf();
+            mx[h] = fmaxf(mx[h], x);
+          }
+        }
       }
-    }
-    // A row's scores are spread over the 4 lanes of its quad.
-    mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 1));
-    mx_a = fmaxf(mx_a, vt_group_shfl_xor(mx_a, 2));
-    mx_b = fmaxf(mx_b, vt_group_shfl_xor(mx_b, 1));
-    mx_b = fmaxf(mx_b, vt_group_shfl_xor(mx_b, 2));
-    const float new_a = fmaxf(m_a, mx_a), new_b = fmaxf(m_b, mx_b);
-    const float resc_a = vt_exp2f(m_a - new_a), resc_b = vt_exp2f(m_b - new_b);  // 0 at first
-    m_a = new_a;
-    m_b = new_b;
-    l_a *= resc_a;
-    l_b *= resc_b;
-#pragma unroll
-    for (int d = 0; d < HD / 8; ++d) {
-      o[d][0] *= resc_a;
-      o[d][1] *= resc_a;
-      o[d][2] *= resc_b;
-      o[d][3] *= resc_b;
-    }
-
-    // P = exp2(S - max), summed in fp32, then rounded to T as the A operand
-    // of P·V: 16 keys per k-step are two adjacent n-tiles of S.
-#pragma unroll
-    for (int kk = 0; kk < KEYS / 16; ++kk) {
-      float p[2][4];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float* sj = s[2 * kk + h];
-        p[h][0] = vt_exp2f(sj[0] - m_a);
-        p[h][1] = vt_exp2f(sj[1] - m_a);
-        p[h][2] = vt_exp2f(sj[2] - m_b);
-        p[h][3] = vt_exp2f(sj[3] - m_b);
-        l_a += p[h][0] + p[h][1];
-        l_b += p[h][2] + p[h][3];
+        // A row's scores are spread over the 4 lanes of its quad.
+        mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 1));
+        mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 2));
+        const float nm = fmaxf(m[mt][h], mx[h]);
+        const float resc = vt_exp2f(m[mt][h] - nm);  // 0 at the first tile
+        m[mt][h] = nm;
+        l[mt][h] *= resc;
+#pragma unroll
+        for (int d = 0; d < HD / 8; ++d) {
+          o[mt][d][2 * h] *= resc;
+          o[mt][d][2 * h + 1] *= resc;
+        }
       }
-      const uint32_t pa[4] = {vt_pack2<T>(p[0][0], p[0][1]), vt_pack2<T>(p[0][2], p[0][3]),
-                              vt_pack2<T>(p[1][0], p[1][1]), vt_pack2<T>(p[1][2], p[1][3])};
+      // P = exp2(S - max), summed in fp32, then rounded to T as the A
+      // operand of P·V: 16 keys per k-step are two adjacent n-tiles of S.
+#pragma unroll
+      for (int kk = 0; kk < KEYS / 16; ++kk) {
+        float p[2][4];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const float* sj = s[mt][2 * kk + hh];
+          p[hh][0] = vt_exp2f(sj[0] - m[mt][0]);
+          p[hh][1] = vt_exp2f(sj[1] - m[mt][0]);
+          p[hh][2] = vt_exp2f(sj[2] - m[mt][1]);
+          p[hh][3] = vt_exp2f(sj[3] - m[mt][1]);
+          l[mt][0] += p[hh][0] + p[hh][1];
+          l[mt][1] += p[hh][2] + p[hh][3];
+        }
+        pa[mt][kk][0] = vt_pack2<T>(p[0][0], p[0][1]);
+        pa[mt][kk][1] = vt_pack2<T>(p[0][2], p[0][3]);
+        pa[mt][kk][2] = vt_pack2<T>(p[1][0], p[1][1]);
+        pa[mt][kk][3] = vt_pack2<T>(p[1][2], p[1][3]);
+      }
+    }
+
+    // O += P·V; every V fragment serves all MT m-tiles.
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; ++kk) {
 #pragma unroll
       for (int d = 0; d < HD / 8; d += 2) {
         uint32_t b0[2], b1[2];
         vt_frag_b_cols(b0, b1, &vs[buf][0][0], HD + 8, kk * 16, d * 8);
-        vt_mma<T>(o[d], pa, b0);
-        vt_mma<T>(o[d + 1], pa, b1);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          vt_mma<T>(o[mt][d], pa[mt][kk], b0);
+          vt_mma<T>(o[mt][d + 1], pa[mt][kk], b1);
+        }
       }
     }
     __syncthreads();  // this buffer is refilled in the next iteration
   }
 
-  l_a += vt_group_shfl_xor(l_a, 1);
-  l_a += vt_group_shfl_xor(l_a, 2);
-  l_b += vt_group_shfl_xor(l_b, 1);
-  l_b += vt_group_shfl_xor(l_b, 2);
-  const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
   T* oh = out + (long)start * ldo + col0;
 #pragma unroll
-  for (int d = 0; d < HD / 8; ++d) {
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv[2];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = d * 8 + 2 * t + e;
-      if (c >= head_dim) continue;
-      if (ra < len) oh[(long)ra * ldo + c] = vt_from_f32<T>(o[d][e] * inv_a);
-      if (rb < len) oh[(long)rb * ldo + c] = vt_from_f32<T>(o[d][2 + e] * inv_b);
+    for (int h = 0; h < 2; ++h) {
+      float sum = l[mt][h];
+      sum += vt_group_shfl_xor(sum, 1);
+      sum += vt_group_shfl_xor(sum, 2);
+      inv[h] = 1.0f / sum;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + 16 * mt + 8 * h;
+      if (r >= len) continue;
+#pragma unroll
+      for (int d = 0; d < HD / 8; ++d) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = d * 8 + 2 * t + e;
+          if (c < head_dim) oh[(long)r * ldo + c] = vt_from_f32<T>(o[mt][d][2 * h + e] * inv[h]);
+        }
+      }
     }
   }
 }
 
-// Entry points vt_flash_attention_<dtype>_d<HD>_g<GROUPS>: 4 groups (64
-// query rows) for short or few sequences, 8 (128 rows) otherwise.
-#define VT_FLASH_ATTENTION(sfx, T, HD, GROUPS)                                                  \
-  VT_KERNEL VT_LAUNCH_BOUNDS(32 * GROUPS, 8 / GROUPS * 2)                                       \
-      vt_flash_attention_##sfx##_d##HD##_g##GROUPS(                                             \
-          const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,       \
-          const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim,         \
-          float scale) {                                                                        \
-    flash_attention<T, HD, GROUPS>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,      \
-                                   max_seqlen, heads, head_dim, scale);                         \
+// Entry points vt_flash_attention_<dtype>_d<HD>_m<ROWS>: 4 tile groups with
+// one m-tile each (64 query rows) for short or few sequences, two each (128
+// rows, every K/V fragment read once per two m-tiles) otherwise.
+#define VT_FLASH_ATTENTION(sfx, T, HD, MT, MIN_BLOCKS)                                          \
+  VT_KERNEL VT_LAUNCH_BOUNDS(128, MIN_BLOCKS) vt_flash_attention_##sfx##_d##HD##_m##MT(          \
+      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,           \
+      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) { \
+    flash_attention<T, HD, 4, MT>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,       \
+                                  max_seqlen, heads, head_dim, scale);                          \
   }
-#define VT_FLASH_ATTENTION_GROUPS(sfx, T, HD) \
-  VT_FLASH_ATTENTION(sfx, T, HD, 4)           \
-  VT_FLASH_ATTENTION(sfx, T, HD, 8)
-#define VT_FLASH_ATTENTION_DIMS(sfx, T)    \
-  VT_FLASH_ATTENTION_GROUPS(sfx, T, 32)    \
-  VT_FLASH_ATTENTION_GROUPS(sfx, T, 64)    \
-  VT_FLASH_ATTENTION_GROUPS(sfx, T, 80)    \
-  VT_FLASH_ATTENTION_GROUPS(sfx, T, 96)    \
-  VT_FLASH_ATTENTION_GROUPS(sfx, T, 128)
+#define VT_FLASH_ATTENTION_TILES(sfx, T, HD) \
+  VT_FLASH_ATTENTION(sfx, T, HD, 1, 4)       \
+  VT_FLASH_ATTENTION(sfx, T, HD, 2, 2)
+#define VT_FLASH_ATTENTION_DIMS(sfx, T)   \
+  VT_FLASH_ATTENTION_TILES(sfx, T, 32)    \
+  VT_FLASH_ATTENTION_TILES(sfx, T, 64)    \
+  VT_FLASH_ATTENTION_TILES(sfx, T, 80)    \
+  VT_FLASH_ATTENTION_TILES(sfx, T, 96)    \
+  VT_FLASH_ATTENTION_TILES(sfx, T, 128)
 VT_FLASH_ATTENTION_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)

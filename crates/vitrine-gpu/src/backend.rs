@@ -127,6 +127,10 @@ enum AttentionKernel {
     /// Always the reference kernel (`VITRINE_GPU_ATTENTION=reference`): the
     /// yardstick the fused kernel is checked against.
     Reference,
+    /// The fused kernel's 128-row tiles whatever the size
+    /// (`VITRINE_GPU_ATTENTION=wide`), so the op suite's small cases test
+    /// the variant that large batches run.
+    Wide,
 }
 
 /// Blocks of 128 query rows from which the fused kernel's larger tiles still
@@ -140,8 +144,9 @@ impl AttentionKernel {
         match std::env::var("VITRINE_GPU_ATTENTION").as_deref() {
             Err(_) | Ok("") | Ok("auto") => Ok(Self::Auto),
             Ok("reference") => Ok(Self::Reference),
+            Ok("wide") => Ok(Self::Wide),
             Ok(other) => Err(Error::InvalidArgument(format!(
-                "VITRINE_GPU_ATTENTION={other}: expected auto or reference"
+                "VITRINE_GPU_ATTENTION={other}: expected auto, reference or wide"
             ))),
         }
     }
@@ -678,25 +683,26 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             KernelArg::F32(scale),
         ];
         if let Some(padded) = self.attention.fused_head_dim(q.dtype, head_dim) {
-            // One block per (sequence, head, query tile): 128-row tiles share
-            // each K/V tile among more queries, 64-row tiles keep a small
-            // batch from leaving most of the GPU idle.
-            let blocks = |groups: usize| seqs.len() * heads * seqs.max_len().div_ceil(16 * groups);
-            let groups = if blocks(8) >= FUSED_ENOUGH_BLOCKS {
-                8
+            // One block per (sequence, head, query tile) of 4 tile groups:
+            // two m-tiles per group (128 rows) share each K/V fragment among
+            // more queries; one (64 rows) keeps a small batch from leaving
+            // most of the GPU idle.
+            let blocks = |mt: usize| seqs.len() * heads * seqs.max_len().div_ceil(64 * mt);
+            let wide = self.attention == AttentionKernel::Wide;
+            let mt = if wide || blocks(2) >= FUSED_ENOUGH_BLOCKS {
+                2
             } else {
-                4
+                1
             };
-            let grid = u32::try_from(blocks(groups)).map_err(|_| {
+            let grid = u32::try_from(blocks(mt)).map_err(|_| {
                 Error::InvalidArgument(format!(
                     "attention grid of {} blocks is too large",
-                    blocks(groups)
+                    blocks(mt)
                 ))
             })?;
-            let name = format!("vt_flash_attention_{}_d{padded}_g{groups}", suffix(q.dtype));
-            let block = (groups * 32) as u32;
+            let name = format!("vt_flash_attention_{}_d{padded}_m{mt}", suffix(q.dtype));
             self.rt
-                .launch(KernelModule::Attention, &name, grid, block, &args)?;
+                .launch(KernelModule::Attention, &name, grid, 128, &args)?;
         } else {
             let block = self.block(128);
             let warps = block as usize / self.rt.warp_size().max(1);
