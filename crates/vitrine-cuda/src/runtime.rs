@@ -57,7 +57,7 @@ pub struct CudaRuntime {
     lt: Lt,
     /// False with `VITRINE_CUDA_GEMM=cublas`: plain cuBLAS for every GEMM
     /// (a bias is then broadcast into C first), for A/B comparisons;
-    /// `VITRINE_CUDA_GEMM=tuned` keeps cuBLASLt and times its candidates.
+    /// `VITRINE_CUDA_GEMM=heuristic` keeps cuBLASLt without timing (see lt.rs).
     use_lt: bool,
     /// cuBLASLt's workspace, [`lt::WORKSPACE_BYTES`] long.
     workspace: CudaBuffer,
@@ -204,7 +204,7 @@ impl GpuRuntime for CudaRuntime {
         .map_err(|e| driver_err("cuBLAS math mode", e))?;
         keep_freed_memory(&ctx)?;
         let workspace = raw_alloc(&stream, lt::WORKSPACE_BYTES)?;
-        let lt = Lt::new()?;
+        let lt = Lt::new(ordinal)?;
         Ok(Self {
             _device: device,
             stream,
