@@ -119,7 +119,8 @@ VT_FOR_EACH_DTYPE(VT_ATTENTION)
 // accumulate), the softmax statistics stay in fp32, and P is rounded to T
 // for the second product exactly as FlashAttention does. HD is head_dim
 // rounded up to a multiple of 16; the padding is zero in Q and K and never
-// written to the output.
+// written to the output. `scale` must be positive (it is head_dim^-1/2): the
+// row max is taken before scaling.
 //
 // Launch: block = 32·GROUPS threads (GROUPS tile groups of VT_MMA_GROUP
 // lanes; nothing assumes a wave of that many lanes), grid = num_seqs · heads
@@ -200,7 +201,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   const int col0 = head * head_dim;
   const int group = threadIdx.x / VT_MMA_GROUP, lane = threadIdx.x % VT_MMA_GROUP;
   const int g = lane / 4, t = lane % 4;
-  // Scores are kept in log2 units so the exponentials are exp2.
+  // The running max is kept in log2 units so the exponentials are exp2.
   const float scale_log2 = scale * 1.4426950408889634f;
 
   const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
@@ -281,27 +282,28 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
     uint32_t pa[MT][KEYS / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      // Scale, mask keys past the sequence, and take each row's max.
+      // Mask keys past the sequence (last tile only) and take each row's
+      // max of the raw scores; the scale (> 0) is applied afterwards, fused
+      // into the exponent's FMA.
+      if (keys < KEYS) {
+#pragma unroll
+        for (int j = 0; j < KEYS / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (j * 8 + 2 * t + e >= keys) s[mt][j][e] = s[mt][j][2 + e] = vt_neg_inf();
+      }
       float mx[2] = {vt_neg_inf(), vt_neg_inf()};
 #pragma unroll
       for (int j = 0; j < KEYS / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const bool valid = j * 8 + 2 * t + e < keys;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float& x = s[mt][j][2 * h + e];
-            x = valid ? x * scale_log2 : vt_neg_inf();
-            mx[h] = fmaxf(mx[h], x);
-          }
-        }
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][j][2], s[mt][j][3]));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         // A row's scores are spread over the 4 lanes of its quad.
         mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 1));
         mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 2));
-        const float nm = fmaxf(m[mt][h], mx[h]);
+        const float nm = fmaxf(m[mt][h], mx[h] * scale_log2);
         const float resc = vt_exp2f(m[mt][h] - nm);  // 0 at the first tile
         m[mt][h] = nm;
         l[mt][h] *= resc;
@@ -319,10 +321,10 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const float* sj = s[mt][2 * kk + hh];
-          p[hh][0] = vt_exp2f(sj[0] - m[mt][0]);
-          p[hh][1] = vt_exp2f(sj[1] - m[mt][0]);
-          p[hh][2] = vt_exp2f(sj[2] - m[mt][1]);
-          p[hh][3] = vt_exp2f(sj[3] - m[mt][1]);
+          p[hh][0] = vt_exp2f(vt_fmaf(sj[0], scale_log2, -m[mt][0]));
+          p[hh][1] = vt_exp2f(vt_fmaf(sj[1], scale_log2, -m[mt][0]));
+          p[hh][2] = vt_exp2f(vt_fmaf(sj[2], scale_log2, -m[mt][1]));
+          p[hh][3] = vt_exp2f(vt_fmaf(sj[3], scale_log2, -m[mt][1]));
           l[mt][0] += p[hh][0] + p[hh][1];
           l[mt][1] += p[hh][2] + p[hh][3];
         }

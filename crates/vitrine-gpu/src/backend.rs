@@ -682,7 +682,11 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             int(head_dim, "head_dim")?,
             KernelArg::F32(scale),
         ];
-        if let Some(padded) = self.attention.fused_head_dim(q.dtype, head_dim) {
+        let fused = self
+            .attention
+            .fused_head_dim(q.dtype, head_dim)
+            .filter(|_| scale > 0.0);
+        if let Some(padded) = fused {
             // One block per (sequence, head, query tile) of 4 tile groups:
             // two m-tiles per group (128 rows) share each K/V fragment among
             // more queries; one (64 rows) keeps a small batch from leaving
