@@ -1,15 +1,21 @@
 //! vitrine's CPU backend.
 //!
 //! Tensors are candle CPU tensors stored in the requested [`DType`]. GEMMs and
-//! attention products run in candle (fp32), the other ops are plain Rust
-//! reference kernels with f64 statistics. Half-precision tensors are widened to
-//! fp32 for every op and rounded once on the way out, so fp16/bf16 runs round
-//! between ops exactly where a GPU would, no more and no less.
+//! attention products run in fp32 through the gemm crate (candle's CPU matmul
+//! engine), called directly so fp32 operands are read in place and a bias is
+//! folded into the product; the other ops are plain Rust reference kernels
+//! with f64 statistics. Half-precision tensors are widened to fp32 for every
+//! op and rounded once on the way out, so fp16/bf16 runs round between ops
+//! exactly where a GPU would, no more and no less.
 #![warn(missing_docs)]
 
 mod attention;
+mod dense;
 pub mod interp;
 mod rows;
+mod vmath;
+
+use dense::with_rows;
 
 use candle_core::{DType as CDType, Device, Tensor};
 use vitrine_core::{
@@ -37,7 +43,8 @@ impl TensorInfo for CpuTensor {
     }
 }
 
-/// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
+/// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`);
+/// every op, GEMMs included, uses as many threads as that pool has.
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend;
 
@@ -148,16 +155,13 @@ impl Backend for CpuBackend {
         if let Some(b) = b {
             expect_vector("linear bias", b, m)?;
         }
-        let f32_of = |t: &Tensor| t.to_dtype(CDType::F32).map_err(ce);
-        let mut y = f32_of(&x.0)?
-            .matmul(&f32_of(&w.0)?.t().map_err(ce)?)
-            .map_err(ce)?;
-        if let Some(b) = b {
-            y = y.broadcast_add(&f32_of(&b.0)?).map_err(ce)?;
-        }
-        y.to_dtype(to_candle_dtype(x.dtype()))
-            .map(CpuTensor)
-            .map_err(ce)
+        let y = with_rows(&x.0, |xr| {
+            with_rows(&w.0, |wr| match b {
+                Some(b) => with_rows(&b.0, |br| Ok(dense::linear(xr, wr, Some(br.data)))),
+                None => Ok(dense::linear(xr, wr, None)),
+            })
+        })?;
+        from_f32(y, &[n, m], x.dtype())
     }
 
     fn layer_norm(
@@ -170,13 +174,11 @@ impl Backend for CpuBackend {
         let (r, c) = expect_rank2("layer_norm", x)?;
         expect_vector("layer_norm weight", w, c)?;
         expect_vector("layer_norm bias", b, c)?;
-        let y = rows::layer_norm(
-            &f32_values(&x.0)?,
-            c,
-            &f32_values(&w.0)?,
-            &f32_values(&b.0)?,
-            eps,
-        );
+        let y = with_rows(&x.0, |xr| {
+            with_rows(&w.0, |wr| {
+                with_rows(&b.0, |br| Ok(rows::layer_norm(xr, wr.data, br.data, eps)))
+            })
+        })?;
         from_f32(y, &[r, c], x.dtype())
     }
 
@@ -189,12 +191,21 @@ impl Backend for CpuBackend {
             DType::F16 => half::f16::from_f32(v).to_f32(),
             DType::BF16 => half::bf16::from_f32(v).to_f32(),
         };
-        let y = rows::rms_norm(&f32_values(&x.0)?, c, &f32_values(&w.0)?, eps, round);
+        let y = with_rows(&x.0, |xr| {
+            with_rows(&w.0, |wr| Ok(rows::rms_norm(xr, wr.data, eps, round)))
+        })?;
         from_f32(y, &[r, c], dtype)
     }
 
     fn gelu(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        from_f32(rows::gelu(&f32_values(&x.0)?), x.0.dims(), x.dtype())
+        let y = with_rows(&x.0, |xr| {
+            Ok(if xr.stride == xr.cols {
+                rows::gelu(xr.data)
+            } else {
+                rows::gelu(&f32_values(&x.0)?)
+            })
+        })?;
+        from_f32(y, x.0.dims(), x.dtype())
     }
 
     fn residual(
@@ -210,14 +221,15 @@ impl Backend for CpuBackend {
                 format!("[{n}, {c}] + {:?}", r.0.dims()),
             ));
         }
-        let g = match gamma {
-            Some(g) => {
-                expect_vector("residual gamma", g, c)?;
-                Some(f32_values(&g.0)?)
-            }
-            None => None,
-        };
-        let y = rows::residual(&f32_values(&x.0)?, &f32_values(&r.0)?, g.as_deref(), c);
+        if let Some(g) = gamma {
+            expect_vector("residual gamma", g, c)?;
+        }
+        let y = with_rows(&x.0, |xr| {
+            with_rows(&r.0, |rr| match gamma {
+                Some(g) => with_rows(&g.0, |gr| Ok(rows::residual(xr, rr, Some(gr.data)))),
+                None => Ok(rows::residual(xr, rr, None)),
+            })
+        })?;
         from_f32(y, &[n, c], x.dtype())
     }
 
@@ -280,6 +292,8 @@ impl Backend for CpuBackend {
             .map_err(ce)
     }
 
+    /// A view of the columns, not a copy: every op of this backend reads
+    /// strided rows in place (and candle copies where it needs to).
     fn slice_cols(&self, x: &CpuTensor, start: usize, len: usize) -> Result<CpuTensor> {
         let (_, c) = expect_rank2("slice_cols", x)?;
         if start + len > c {
@@ -288,9 +302,6 @@ impl Backend for CpuBackend {
                 format!("columns {start}..{} of {c}", start + len),
             ));
         }
-        x.0.narrow(1, start, len)
-            .and_then(|t| t.contiguous())
-            .map(CpuTensor)
-            .map_err(ce)
+        x.0.narrow(1, start, len).map(CpuTensor).map_err(ce)
     }
 }

@@ -3,79 +3,109 @@
 //! Every function reads widened fp32 inputs and writes fp32 results; the
 //! caller rounds once to the storage type. Statistics accumulate in f64 so the
 //! CPU backend is the most precise reference the GPU backends are held to.
+//! Row inputs come as [`Rows`] (row-major with a row stride), so column
+//! windows are read in place.
 
 use rayon::prelude::*;
 
+use crate::dense::{par_build, Rows};
 use crate::interp::{bicubic_taps, bilinear_taps};
+use crate::vmath;
 use vitrine_core::{ResizeMode, ResizeSpec};
 
-/// LayerNorm of each `width`-wide row.
-pub fn layer_norm(x: &[f32], width: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(width)
-        .zip(x.par_chunks(width))
-        .for_each(|(y, row)| {
-            let n = width as f64;
-            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-            let rstd = 1.0 / (var + eps as f64).sqrt();
-            for (((y, &v), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
-                *y = ((v as f64 - mean) * rstd * w as f64 + b as f64) as f32;
-            }
-        });
-    out
+/// Rows per rayon task for row-wise ops: enough work to amortise a task.
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+/// A new `[x.rows, width]` buffer built in parallel, `row(i, out)` writing
+/// every element of output row `i`.
+fn par_rows(
+    rows: usize,
+    width: usize,
+    row: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    if width == 0 {
+        return Vec::new();
+    }
+    let per = rows_per_task(width);
+    par_build(rows * width, per * width, |t, chunk| {
+        for (j, out) in chunk.chunks_mut(width).enumerate() {
+            row(t * per + j, out);
+        }
+    })
+}
+
+/// f64 sum of `f(v)` over a row, in eight interleaved partial sums (so it
+/// vectorises; the order differs from a serial sum only far below f32).
+#[inline(always)]
+fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v as f64);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// LayerNorm of each row.
+pub fn layer_norm(x: Rows<'_>, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let width = x.cols;
+    par_rows(x.rows, width, |i, y| {
+        let row = x.row(i);
+        let n = width as f64;
+        let mean = sum_f64(row, |v| v) / n;
+        let var = sum_f64(row, |v| (v - mean) * (v - mean)) / n;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
+        for (((y, &v), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
+            y.write(((v as f64 - mean) * rstd * w as f64 + b as f64) as f32);
+        }
+    })
 }
 
 /// RMSNorm of each row; `round` applies the storage rounding that HF performs
 /// between normalising and multiplying by the weight.
-pub fn rms_norm(
-    x: &[f32],
-    width: usize,
-    w: &[f32],
-    eps: f32,
-    round: impl Fn(f32) -> f32 + Sync,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(width)
-        .zip(x.par_chunks(width))
-        .for_each(|(y, row)| {
-            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / width as f64;
-            let r = 1.0 / (ms + eps as f64).sqrt();
-            for ((y, &v), &w) in y.iter_mut().zip(row).zip(w) {
-                *y = round((v as f64 * r) as f32) * w;
-            }
-        });
-    out
+pub fn rms_norm(x: Rows<'_>, w: &[f32], eps: f32, round: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let width = x.cols;
+    par_rows(x.rows, width, |i, y| {
+        let row = x.row(i);
+        let ms = sum_f64(row, |v| v * v) / width as f64;
+        let r = 1.0 / (ms + eps as f64).sqrt();
+        for ((y, &v), &w) in y.iter_mut().zip(row).zip(w) {
+            y.write(round((v as f64 * r) as f32) * w);
+        }
+    })
 }
 
-/// Exact-erf GELU, evaluated in f64.
+/// Exact-erf GELU, evaluated in f64 ([`vmath`]: vectorised erfc, within an
+/// ulp of `libm`'s f64 erfc after the f32 rounding).
 pub fn gelu(x: &[f32]) -> Vec<f32> {
-    x.par_iter()
-        .map(|&v| {
-            let v = v as f64;
-            (0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2))) as f32
-        })
-        .collect()
+    const CHUNK: usize = 16_384;
+    par_build(x.len(), CHUNK, |i, y| {
+        vmath::gelu_into(&x[i * CHUNK..i * CHUNK + y.len()], y)
+    })
 }
 
 /// `x + gamma ⊙ r`, gamma broadcast over rows.
-pub fn residual(x: &[f32], r: &[f32], gamma: Option<&[f32]>, width: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(width)
-        .zip(x.par_chunks(width).zip(r.par_chunks(width)))
-        .for_each(|(y, (xr, rr))| match gamma {
+pub fn residual(x: Rows<'_>, r: Rows<'_>, gamma: Option<&[f32]>) -> Vec<f32> {
+    par_rows(x.rows, x.cols, |i, y| {
+        let (xr, rr) = (x.row(i), r.row(i));
+        match gamma {
             Some(g) => {
                 for (((y, &a), &b), &g) in y.iter_mut().zip(xr).zip(rr).zip(g) {
-                    *y = g.mul_add(b, a);
+                    y.write(g.mul_add(b, a));
                 }
             }
             None => {
                 for ((y, &a), &b) in y.iter_mut().zip(xr).zip(rr) {
-                    *y = a + b;
+                    y.write(a + b);
                 }
             }
-        });
-    out
+        }
+    })
 }
 
 /// Resize of a channels-last grid `[in_h, in_w, c]`; returns the window
