@@ -1,15 +1,25 @@
 //! `bench_gpu`: images/s and latency of full-size random-weight encoders on
-//! one device, the numbers `scripts/bench-vs-torch.sh` sets beside PyTorch's.
+//! one device, the numbers `scripts/bench-vs-torch.sh` (GPU) and
+//! `scripts/bench-cpu-vs-torch.sh` (CPU) set beside PyTorch's.
 //!
 //! ```text
 //! cargo run --release --features cuda --example bench_gpu -- --device cuda:0 --dtype f16
+//! cargo run --release --example bench_gpu -- --device cpu --dtype f32 --threads 16
 //! ```
 //!
 //! Writes a random checkpoint per model shape (speed does not depend on the
 //! values), loads it, warms up, then times `repeats` forward passes (each
 //! ends with the outputs on the host, so the clock covers all device work)
-//! and prints one JSON line per case: median and p90 latency, images/s and
-//! achieved TFLOP/s (matmul FLOPs, counted as the PyTorch baseline does).
+//! and prints one JSON line per case: p10/p50/p90 latency, images/s at the
+//! median, achieved TFLOP/s (matmul FLOPs, counted as the PyTorch baseline
+//! does) and `peak_bytes` (peak device memory; `null` until the library
+//! exposes it, and always `null` on the CPU).
+//!
+//! Cases are tagged CPU or GPU; without `--filter` a CPU device runs the CPU
+//! cases (ViT-B/16 at 224², batch 8) and a GPU device the GPU cases. On the
+//! CPU `--threads N` pins the thread count of every parallel op and GEMM
+//! (rayon's pool and candle's `RAYON_NUM_THREADS`), as `torch.set_num_threads`
+//! does on the PyTorch side.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,9 +41,14 @@ struct Args {
     /// Where the random checkpoints go.
     #[arg(long, default_value = "/tmp/vitrine-bench")]
     dir: PathBuf,
-    /// Only cases whose name contains this.
-    #[arg(long, default_value = "")]
-    filter: String,
+    /// Only cases whose name contains this (default: the cases of the
+    /// device's kind, CPU or GPU).
+    #[arg(long)]
+    filter: Option<String>,
+    /// CPU threads for every op and GEMM (default: rayon's, i.e.
+    /// `RAYON_NUM_THREADS` or all logical CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// A model shape to benchmark.
@@ -56,6 +71,19 @@ const RADIO_H: Shape = Shape {
     layers: 32,
     heads: 16,
     mlp: 5120,
+    patch: 16,
+    prefix: 10,
+    grid: 128,
+};
+/// ViT-B/16 in RADIO's layout (3 cls + 7 registers, CPE from a 128² table),
+/// the shape of the CPU comparison with PyTorch.
+const RADIO_B: Shape = Shape {
+    name: "radio_b",
+    radio: true,
+    d: 768,
+    layers: 12,
+    heads: 12,
+    mlp: 3072,
     patch: 16,
     prefix: 10,
     grid: 128,
@@ -238,18 +266,48 @@ fn flops(s: &Shape, h: usize, w: usize) -> f64 {
     s.layers as f64 * per_layer + 2.0 * patches as f64 * (3 * s.patch * s.patch) as f64 * d
 }
 
+/// The value at quantile `q` of sorted samples (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Pins the CPU thread count before any pool exists: rayon's global pool
+/// (our row ops) and `RAYON_NUM_THREADS`, which candle reads for the
+/// parallelism of every GEMM. Returns the count in effect.
+fn pin_threads(threads: Option<usize>) -> Result<usize> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // Single-threaded here: nothing else reads the environment yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("building the rayon pool")?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    let cases: [(&Shape, usize, usize, usize); 5] = [
-        (&RADIO_H, 224, 224, 1),
-        (&RADIO_H, 512, 512, 32),
-        (&RADIO_H, 432, 640, 8),
-        (&RADIO_H, 1024, 1024, 4),
-        (&INTERNVIT_300M, 448, 448, 32),
+    let threads = pin_threads(args.threads)?;
+    let on_cpu = args.device == Device::Cpu;
+    // (shape, height, width, batch, CPU case)
+    let cases: [(&Shape, usize, usize, usize, bool); 6] = [
+        (&RADIO_H, 224, 224, 1, false),
+        (&RADIO_H, 512, 512, 32, false),
+        (&RADIO_H, 432, 640, 8, false),
+        (&RADIO_H, 1024, 1024, 4, false),
+        (&INTERNVIT_300M, 448, 448, 32, false),
+        (&RADIO_B, 224, 224, 8, true),
     ];
-    for (shape, h, w, b) in cases {
+    for (shape, h, w, b, cpu_case) in cases {
         let name = format!("{}_{h}x{w}_b{b}", shape.name);
-        if !name.contains(&args.filter) {
+        let wanted = match &args.filter {
+            Some(f) => name.contains(f.as_str()),
+            None => cpu_case == on_cpu,
+        };
+        if !wanted {
             continue;
         }
         let dir = args.dir.join(shape.name);
@@ -266,7 +324,7 @@ fn main() -> Result<()> {
         for _ in 0..2 {
             enc.forward_pixels(&pixels)?;
         }
-        let mut ms: Vec<f64> = (0..args.repeats)
+        let mut ms: Vec<f64> = (0..args.repeats.max(1))
             .map(|_| {
                 let t = Instant::now();
                 enc.forward_pixels(&pixels)
@@ -274,12 +332,21 @@ fn main() -> Result<()> {
             })
             .collect::<vitrine::Result<_>>()?;
         ms.sort_by(f64::total_cmp);
-        let (p50, p90) = (ms[ms.len() / 2], ms[(ms.len() * 9 / 10).min(ms.len() - 1)]);
+        let (p10, p50, p90) = (
+            percentile(&ms, 0.1),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.9),
+        );
         let tflops = flops(shape, h, w) * b as f64 / (p50 * 1e-3) / 1e12;
+        // Peak device memory: `vitrine::Encoder` has no public accessor yet
+        // (GPU accounting is in progress); the CPU has none by design.
+        let peak_bytes: Option<u64> = None;
         println!(
             "{}",
             serde_json::json!({"kind": "vitrine", "case": name, "device": enc.device_name(), "dtype": args.dtype.to_string(),
-                "batch": b, "ms_p50": p50, "ms_p90": p90, "img_s": b as f64 * 1e3 / p50, "tflops": tflops})
+                "batch": b, "h": h, "w": w, "repeats": ms.len(), "threads": if on_cpu { Some(threads) } else { None },
+                "ms_p10": p10, "ms_p50": p50, "ms_p90": p90, "img_s": b as f64 * 1e3 / p50, "tflops": tflops,
+                "peak_bytes": peak_bytes})
         );
     }
     Ok(())
