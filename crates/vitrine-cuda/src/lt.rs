@@ -238,15 +238,15 @@ impl Lt {
                 P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &(WORKSPACE_BYTES as u64),
             )?;
-            // No split-K reductions through atomics in the output: results
-            // stay bit-reproducible from run to run.
-            let deterministic =
-                sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32
-                    | sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE as u32;
+            // Split-K partial sums only in fp32 (the compute type): the
+            // in-place and output-type schemes add partials in f16/bf16,
+            // which would round the accumulation between k-slices.
+            let fp32_partials =
+                sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
             set_pref(
                 pref,
                 P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                &deterministic,
+                &fp32_partials,
             )?;
             set_pref(
                 pref,
