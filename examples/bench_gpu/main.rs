@@ -8,12 +8,14 @@
 //! ```
 //!
 //! Writes a random checkpoint per model shape (speed does not depend on the
-//! values), loads it, warms up, then times `repeats` forward passes (each
-//! ends with the outputs on the host, so the clock covers all device work)
-//! and prints one JSON line per case: p10/p50/p90 latency, images/s at the
-//! median, achieved TFLOP/s (matmul FLOPs, counted as the PyTorch baseline
-//! does) and `peak_bytes` (peak device memory; `null` until the library
-//! exposes it, and always `null` on the CPU).
+//! values), loads it, warms up, then times `repeats` forward passes with
+//! [`Encoder::time_forward`] (pixels uploaded beforehand, each pass ends
+//! with the device idle, outputs left on the device: what the PyTorch
+//! baseline's CUDA events time) and prints one JSON line per case:
+//! p10/p50/p90 latency, images/s at the median, achieved TFLOP/s (matmul
+//! FLOPs, counted as the PyTorch baseline does), `peak_bytes` (peak device
+//! bytes of vitrine's tensors, weights included; `null` on the CPU) and
+//! `e2e_ms`, one end-to-end pass with the outputs brought to the host.
 //!
 //! Cases are tagged CPU or GPU; without `--filter` a CPU device runs the CPU
 //! cases (ViT-B/16 at 224², batch 8) and a GPU device the GPU cases. On the
@@ -321,16 +323,15 @@ fn main() -> Result<()> {
                 .map(|v| v.abs())
                 .collect(),
         )?;
-        for _ in 0..2 {
-            enc.forward_pixels(&pixels)?;
-        }
-        let mut ms: Vec<f64> = (0..args.repeats.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                enc.forward_pixels(&pixels)
-                    .map(|_| t.elapsed().as_secs_f64() * 1e3)
-            })
-            .collect::<vitrine::Result<_>>()?;
+        // Timed as PyTorch's baseline times `model(pixel_values)`: pixels
+        // already on the device, outputs left there, device idle at the end.
+        enc.time_forward(&pixels, 2)?;
+        let timing = enc.time_forward(&pixels, args.repeats.max(1))?;
+        let mut ms: Vec<f64> = timing.seconds.iter().map(|s| s * 1e3).collect();
+        // One end-to-end pass (upload, forward, outputs to host f32), for reference.
+        let t = Instant::now();
+        enc.forward_pixels(&pixels)?;
+        let e2e_ms = t.elapsed().as_secs_f64() * 1e3;
         ms.sort_by(f64::total_cmp);
         let (p10, p50, p90) = (
             percentile(&ms, 0.1),
@@ -338,15 +339,15 @@ fn main() -> Result<()> {
             percentile(&ms, 0.9),
         );
         let tflops = flops(shape, h, w) * b as f64 / (p50 * 1e-3) / 1e12;
-        // Peak device memory: `vitrine::Encoder` has no public accessor yet
-        // (GPU accounting is in progress); the CPU has none by design.
-        let peak_bytes: Option<u64> = None;
+        // Peak bytes held by vitrine's device tensors during the timed passes
+        // (weights included); none on the CPU.
+        let peak_bytes = timing.peak_bytes;
         println!(
             "{}",
             serde_json::json!({"kind": "vitrine", "case": name, "device": enc.device_name(), "dtype": args.dtype.to_string(),
                 "batch": b, "h": h, "w": w, "repeats": ms.len(), "threads": if on_cpu { Some(threads) } else { None },
                 "ms_p10": p10, "ms_p50": p50, "ms_p90": p90, "img_s": b as f64 * 1e3 / p50, "tflops": tflops,
-                "peak_bytes": peak_bytes})
+                "peak_bytes": peak_bytes, "e2e_ms": e2e_ms})
         );
     }
     Ok(())
