@@ -222,11 +222,14 @@ fn tile_grid(m: usize, n: usize, threads: usize) -> (usize, usize) {
     best
 }
 
-/// [`matmul`] over a grid of tiles ([`tile_grid`]), one single-threaded
-/// GEMM per tile on the rayon pool.
+/// `dst[m, n] = (bias broadcast over rows, or 0) + lhs[m, k] · rhs[k, n]`
+/// over a grid of tiles ([`tile_grid`]), one single-threaded GEMM per tile
+/// on the rayon pool. Each tile writes its block of bias rows itself just
+/// before its GEMM, so the block is first touched, and hot in cache, on the
+/// thread that accumulates into it. Writes every element of `dst`.
 ///
 /// # Safety
-/// As [`matmul`].
+/// As [`matmul`]; `bias` has `n` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul_tiled(
     m: usize,
@@ -234,7 +237,7 @@ unsafe fn matmul_tiled(
     k: usize,
     dst: *mut f32,
     dst_rs: usize,
-    accumulate: bool,
+    bias: Option<&[f32]>,
     lhs: Operand,
     rhs: Operand,
 ) {
@@ -259,6 +262,33 @@ unsafe fn matmul_tiled(
             return;
         }
         let (mt, nt) = (tm.min(m - r0), tn.min(n - c0));
+        let block = dst.wrapping_add(r0 * dst_rs + c0);
+        if bias.is_some() || k == 0 {
+            for i in 0..mt {
+                // SAFETY: row i of this tile's block, nt values.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        block.add(i * dst_rs) as *mut MaybeUninit<f32>,
+                        nt,
+                    )
+                };
+                match bias {
+                    Some(b) => {
+                        for (y, &b) in row.iter_mut().zip(&b[c0..c0 + nt]) {
+                            y.write(b);
+                        }
+                    }
+                    None => {
+                        for y in row.iter_mut() {
+                            y.write(0.0);
+                        }
+                    }
+                }
+            }
+        }
+        if k == 0 {
+            return;
+        }
         let lhs = Operand {
             ptr: lhs.ptr.wrapping_add(r0 * lhs.rs),
             ..lhs
@@ -268,51 +298,22 @@ unsafe fn matmul_tiled(
             ..rhs
         };
         // SAFETY: the tile lies inside the caller's matrices.
-        unsafe {
-            matmul(
-                mt,
-                nt,
-                k,
-                dst.wrapping_add(r0 * dst_rs + c0),
-                dst_rs,
-                accumulate,
-                lhs,
-                rhs,
-                1.0,
-            )
-        }
+        unsafe { matmul(mt, nt, k, block, dst_rs, bias.is_some(), lhs, rhs, 1.0) }
     });
 }
 
-/// `x · wᵀ (+ b)` for row-major `x [n, k]`, `w [m, k]`: one GEMM that starts
-/// from the bias rows, so no second pass adds it.
+/// `x · wᵀ (+ b)` for row-major `x [n, k]`, `w [m, k]`: one tiled GEMM whose
+/// tiles start from the bias rows, so no second pass adds it.
 pub(crate) fn linear(x: Rows<'_>, w: Rows<'_>, b: Option<&[f32]>) -> Vec<f32> {
     let (n, k, m) = (x.rows, x.cols, w.rows);
-    let gemm = |dst: *mut f32| {
-        let (lhs, rhs) = (
-            Operand::rows(x.data, 0, x.stride),
-            Operand::rows_t(w.data, 0, w.stride),
-        );
-        // SAFETY: `x`, `w` cover their matrices (`Rows` invariant) and `dst`
-        // is a fresh n × m buffer.
-        unsafe { matmul_tiled(n, m, k, dst, m, b.is_some(), lhs, rhs) }
-    };
-    match b {
-        Some(b) if m > 0 => {
-            let mut out = par_build(n * m, m, |_, row| {
-                for (y, &b) in row.iter_mut().zip(b) {
-                    y.write(b);
-                }
-            });
-            if k > 0 {
-                gemm(out.as_mut_ptr());
-            }
-            out
-        }
-        _ if k == 0 => vec![0.0f32; n * m],
-        // SAFETY: a GEMM that does not read its destination writes all of it.
-        _ => unsafe { build_with(n * m, gemm) },
-    }
+    let (lhs, rhs) = (
+        Operand::rows(x.data, 0, x.stride),
+        Operand::rows_t(w.data, 0, w.stride),
+    );
+    // SAFETY: `x`, `w` cover their matrices (`Rows` invariant), `b` has m
+    // values (checked by the caller) and the tiles write every element of
+    // the fresh n × m buffer.
+    unsafe { build_with(n * m, |dst| matmul_tiled(n, m, k, dst, m, b, lhs, rhs)) }
 }
 
 #[cfg(test)]
@@ -344,6 +345,11 @@ mod tests {
                 stride: cols,
             }
         }
+        assert_eq!(linear(rows(&[], 3, 0), rows(&[], 2, 0), None), vec![0.0; 6]);
+        assert_eq!(
+            linear(rows(&[], 2, 0), rows(&[], 2, 0), Some(&[1.0, 2.0])),
+            vec![1.0, 2.0, 1.0, 2.0]
+        );
         let y = linear(rows(&x, n, k), rows(&w, m, k), Some(&b));
         for i in 0..n {
             for j in 0..m {
