@@ -300,7 +300,10 @@ mod tests {
             worst = worst.max(ulps(exp_f32_ftz(y), want));
             y += 0.000_37;
         }
-        assert!(worst <= 2, "exp_f32_ftz differs from f64 exp by {worst} ulp");
+        assert!(
+            worst <= 2,
+            "exp_f32_ftz differs from f64 exp by {worst} ulp"
+        );
         assert_eq!(exp_f32_ftz(-87.5), 0.0);
         assert_eq!(exp_f32_ftz(f32::NEG_INFINITY), 0.0);
         assert!(exp_f32_ftz(f32::NAN).is_nan());
