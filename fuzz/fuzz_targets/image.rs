@@ -2,11 +2,21 @@
 //! under small decode limits so a bomb is refused rather than allocated.
 #![no_main]
 
+use std::sync::Once;
+
 use libfuzzer_sys::fuzz_target;
 use vitrine::images::decode_image;
 use vitrine::{DecodeLimits, PreprocessConfig};
 
+/// libfuzzer-sys installs a panic hook that aborts on every panic, even one
+/// `decode_image` catches on purpose (it turns a panic inside a third-party
+/// decoder into an error for that image). The default hook lets caught
+/// panics stay caught; a panic that escapes is still caught and reported as
+/// a crash by the harness.
+static RESTORE_DEFAULT_HOOK: Once = Once::new();
+
 fuzz_target!(|data: &[u8]| {
+    RESTORE_DEFAULT_HOOK.call_once(|| drop(std::panic::take_hook()));
     let limits = DecodeLimits {
         max_width: 2048,
         max_height: 2048,
