@@ -92,6 +92,15 @@ RC=0
 cargo test --release --features hip -- --nocapture || RC=$?
 [[ $RC -eq 0 ]] || die "the suites failed with HIP required (exit $RC); the tables above name each failing op/model"
 cargo test --release -p vitrine-hip -- --nocapture || die "the vitrine-hip tests failed"
+# The fused attention's 128-row tiles (what large batches run) and the
+# reference kernel, each over the whole op table: on AMD the fused kernel's
+# tile MMA is the shuffle emulation of vt_compat.cuh, never run on hardware
+# before this script.
+for mode in wide reference; do
+  log "op table with VITRINE_GPU_ATTENTION=$mode"
+  VITRINE_GPU_ATTENTION=$mode cargo test --release --features hip --test ops -- --nocapture \
+    || die "the op table failed with VITRINE_GPU_ATTENTION=$mode"
+done
 
 if [[ -n $DUMPS ]]; then
   log "full-size reference dumps with PyTorch-ROCm -> $DUMPS"
