@@ -236,18 +236,24 @@ fn the_runtime_layer_works_against_a_mock_rocm() {
         );
     }
 
-    // Out of memory says so.
+    // Out of memory is the recoverable OutOfMemory error (the encoder splits
+    // the batch on it), naming the device, the request and what was free.
     set("VITRINE_MOCK_ARCH", "gfx1100");
     let be = HipBackend::new(0).expect("open");
     set("VITRINE_MOCK_MEM", "1000");
     let host = HostTensor::from_f32(vec![1024], vec![0.0; 1024]).expect("host");
     match be.upload(&host, DType::F32) {
-        Err(Error::Backend(m)) => assert!(
-            m.contains("out of device memory") && m.contains("free of"),
-            "{m}"
-        ),
+        Err(Error::OutOfMemory {
+            device,
+            requested,
+            detail,
+        }) => {
+            assert_eq!(device, "hip:0");
+            assert_eq!(requested, 4096);
+            assert!(detail.contains("free of"), "{detail}");
+        }
         Ok(_) => panic!("a 4 KiB upload fit into 1000 bytes"),
-        Err(e) => panic!("expected an out-of-memory backend error, got {e}"),
+        Err(e) => panic!("expected Error::OutOfMemory, got {e}"),
     }
     std::env::remove_var("VITRINE_MOCK_MEM");
     drop(be);
