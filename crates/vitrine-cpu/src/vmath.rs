@@ -372,37 +372,3 @@ mod tests {
         assert!(y.iter().all(|v| v.is_nan()));
     }
 }
-#[cfg(test)]
-mod timing {
-    #[test]
-    #[ignore]
-    fn gelu_speed() {
-        let x: Vec<f32> = (0..5_000_000)
-            .map(|i| ((i % 2000) as f32 - 1000.0) / 500.0)
-            .collect();
-        let mut y = vec![std::mem::MaybeUninit::uninit(); x.len()];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            super::gelu_into(&x, &mut y);
-            eprintln!(
-                "gelu_into: {:.2} ns/elt",
-                t.elapsed().as_secs_f64() * 1e9 / x.len() as f64
-            );
-            let t = std::time::Instant::now();
-            super::gelu_body(&x, &mut y);
-            eprintln!(
-                "gelu_body: {:.2} ns/elt",
-                t.elapsed().as_secs_f64() * 1e9 / x.len() as f64
-            );
-            let t = std::time::Instant::now();
-            for (y, &v) in y.iter_mut().zip(&x) {
-                let v = v as f64;
-                y.write((0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2))) as f32);
-            }
-            eprintln!(
-                "libm: {:.2} ns/elt",
-                t.elapsed().as_secs_f64() * 1e9 / x.len() as f64
-            );
-        }
-    }
-}
