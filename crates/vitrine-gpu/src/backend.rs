@@ -326,6 +326,38 @@ impl<R: GpuRuntime> GpuBackend<R> {
     }
 }
 
+/// The GEMM of a linear layer, `y [n, m] = x [n, k] · w [m, k]ᵀ (+ bias)
+/// (+ beta · C_in)`, for shapes already checked. Row-major Y = X · Wᵀ is
+/// column-major Yᵀ = W · Xᵀ: A = W read transposed (ld k), B = X as stored
+/// (its row stride), C = Y (ld m).
+fn linear_gemm<R: GpuRuntime>(
+    x: &GpuTensor<R>,
+    w: &GpuTensor<R>,
+    y: &GpuTensor<R>,
+    beta: f32,
+    bias: u64,
+    c_in: u64,
+) -> Gemm {
+    let (n, k, m) = (x.dims[0], x.dims[1], w.dims[0]);
+    Gemm {
+        dtype: x.dtype,
+        trans_a: true,
+        trans_b: false,
+        m,
+        n,
+        k,
+        a: w.ptr(),
+        lda: k,
+        b: x.ptr(),
+        ldb: x.ld,
+        c: y.ptr(),
+        ldc: m,
+        beta,
+        bias,
+        c_in,
+    }
+}
+
 fn host_bytes(t: &HostTensor) -> Vec<u8> {
     match t.data() {
         HostData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -431,25 +463,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             )?;
             beta = 1.0;
         }
-        // Row-major Y[n, m] = X[n, k] · W[m, k]ᵀ is column-major Yᵀ = W · Xᵀ:
-        // A = W read transposed (ld k), B = X as stored (ld k), C ld m.
-        self.rt.gemm(&Gemm {
-            dtype: x.dtype,
-            trans_a: true,
-            trans_b: false,
-            m,
-            n,
-            k,
-            a: w.ptr(),
-            lda: k,
-            b: x.ptr(),
-            ldb: x.ld,
-            c: y.ptr(),
-            ldc: m,
-            beta,
-            bias,
-            c_in: 0,
-        })?;
+        self.rt.gemm(&linear_gemm(x, w, &y, beta, bias, 0))?;
         Ok(y)
     }
 
@@ -493,23 +507,8 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         let (w, r) = (&self.dense(w)?, &self.dense(r)?);
         let y = self.alloc(&[n, m], x.dtype)?;
         // Y = X·Wᵀ + b + R in one epilogue: R is read as C, Y written as D.
-        let fused = self.rt.gemm(&Gemm {
-            dtype: x.dtype,
-            trans_a: true,
-            trans_b: false,
-            m,
-            n,
-            k,
-            a: w.ptr(),
-            lda: k,
-            b: x.ptr(),
-            ldb: x.ld,
-            c: y.ptr(),
-            ldc: m,
-            beta: 1.0,
-            bias: b.map_or(0, |b| b.ptr()),
-            c_in: r.ptr(),
-        });
+        let bias = b.map_or(0, |b| b.ptr());
+        let fused = self.rt.gemm(&linear_gemm(x, w, &y, 1.0, bias, r.ptr()));
         match fused {
             Ok(()) => Ok(y),
             Err(Error::NotSupported { .. }) => compose(),
