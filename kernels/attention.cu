@@ -304,7 +304,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
         mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 1));
         mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 2));
         const float nm = fmaxf(m[mt][h], mx[h] * scale_log2);
-        const float resc = vt_exp2f(m[mt][h] - nm);  // 0 at the first tile
+        const float resc = vt_exp2f_softmax(m[mt][h] - nm);  // 0 at the first tile
         m[mt][h] = nm;
         l[mt][h] *= resc;
 #pragma unroll
@@ -321,10 +321,10 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const float* sj = s[mt][2 * kk + hh];
-          p[hh][0] = vt_exp2f(vt_fmaf(sj[0], scale_log2, -m[mt][0]));
-          p[hh][1] = vt_exp2f(vt_fmaf(sj[1], scale_log2, -m[mt][0]));
-          p[hh][2] = vt_exp2f(vt_fmaf(sj[2], scale_log2, -m[mt][1]));
-          p[hh][3] = vt_exp2f(vt_fmaf(sj[3], scale_log2, -m[mt][1]));
+          p[hh][0] = vt_exp2f_softmax(vt_fmaf(sj[0], scale_log2, -m[mt][0]));
+          p[hh][1] = vt_exp2f_softmax(vt_fmaf(sj[1], scale_log2, -m[mt][0]));
+          p[hh][2] = vt_exp2f_softmax(vt_fmaf(sj[2], scale_log2, -m[mt][1]));
+          p[hh][3] = vt_exp2f_softmax(vt_fmaf(sj[3], scale_log2, -m[mt][1]));
           l[mt][0] += p[hh][0] + p[hh][1];
           l[mt][1] += p[hh][2] + p[hh][3];
         }
