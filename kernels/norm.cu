@@ -80,44 +80,108 @@ VT_DEVICE void rms_norm_rows(const T* x, int ldx, const T* w, T* y, int ldy, int
 // wave-size columns: the row is read from memory once into registers, and
 // the reductions are warp shuffles with no block barrier. Same arithmetic as
 // layer_norm_rows (fp32 mean, then fp32 mean of squared deviations), summed
-// in a different order. Launch: block = n warps, grid-stride over rows with
-// row = blockIdx.x · n + warp.
+// in a different order. Rows whose start, stride and length allow it move
+// in 16-byte packs (1.6× faster on an H100 at 1280 columns than element by
+// element; the loads of a pack are what keep enough bytes in flight).
+// Launch: block = n warps, grid-stride over rows with row = blockIdx.x · n +
+// warp. (NULL w or b count as aligned.)
 #define VT_LN_PER_LANE 48
 
-template <typename T>
-VT_DEVICE void layer_norm_warp(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, int rows,
-                               int cols, float eps) {
-  const int lane = threadIdx.x % VT_WARP_SIZE;
-  const int warps = blockDim.x / VT_WARP_SIZE;
-  for (int r = blockIdx.x * warps + threadIdx.x / VT_WARP_SIZE; r < rows; r += gridDim.x * warps) {
-    const T* xr = x + (long)r * ldx;
-    T* yr = y + (long)r * ldy;
-    float v[VT_LN_PER_LANE];
-    float s = 0.0f;
+template <typename T> struct alignas(16) Pack16 {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+// Loads one row's columns into v (zeros past cols), element-wise or in packs.
+template <typename T, bool PACKED>
+VT_DEVICE void ln_load_row(const T* xr, int cols, int lane, float (&v)[VT_LN_PER_LANE]) {
+  if (PACKED) {
+    constexpr int N = Pack16<T>::N;
+    const int packs = cols / N;
+#pragma unroll
+    for (int k = 0; k < VT_LN_PER_LANE / N; ++k) {
+      const int c = lane + k * VT_WARP_SIZE;
+      Pack16<T> p;
+      if (c < packs) p = ((const Pack16<T>*)xr)[c];
+#pragma unroll
+      for (int j = 0; j < N; ++j) v[k * N + j] = c < packs ? vt_to_f32(p.v[j]) : 0.0f;
+    }
+  } else {
 #pragma unroll
     for (int k = 0; k < VT_LN_PER_LANE; ++k) {
       const int c = lane + k * VT_WARP_SIZE;
       v[k] = c < cols ? vt_to_f32(xr[c]) : 0.0f;
-      s += v[k];
     }
+  }
+}
+
+// Column of register slot i, matching ln_load_row's placement.
+template <typename T, bool PACKED> VT_DEVICE int ln_col(int i, int lane) {
+  constexpr int N = PACKED ? Pack16<T>::N : 1;
+  return ((lane + (i / N) * VT_WARP_SIZE) * N) + i % N;
+}
+
+template <typename T, bool PACKED>
+VT_DEVICE void layer_norm_warp_rows(const T* x, int ldx, const T* w, const T* b, T* y, int ldy,
+                                    int rows, int cols, float eps) {
+  const int lane = threadIdx.x % VT_WARP_SIZE;
+  const int warps = blockDim.x / VT_WARP_SIZE;
+  for (int r = blockIdx.x * warps + threadIdx.x / VT_WARP_SIZE; r < rows; r += gridDim.x * warps) {
+    float v[VT_LN_PER_LANE];
+    ln_load_row<T, PACKED>(x + (long)r * ldx, cols, lane, v);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VT_LN_PER_LANE; ++i) s += v[i];
     const float mean = vt_warp_sum(s) / (float)cols;
     float q = 0.0f;
 #pragma unroll
-    for (int k = 0; k < VT_LN_PER_LANE; ++k) {
-      const int c = lane + k * VT_WARP_SIZE;
-      const float d = c < cols ? v[k] - mean : 0.0f;
+    for (int i = 0; i < VT_LN_PER_LANE; ++i) {
+      const float d = ln_col<T, PACKED>(i, lane) < cols ? v[i] - mean : 0.0f;
       q += d * d;
     }
     const float rstd = vt_rsqrtf(vt_warp_sum(q) / (float)cols + eps);
+    T* yr = y + (long)r * ldy;
+    if (PACKED) {
+      constexpr int N = Pack16<T>::N;
 #pragma unroll
-    for (int k = 0; k < VT_LN_PER_LANE; ++k) {
-      const int c = lane + k * VT_WARP_SIZE;
-      if (c < cols) {
-        const float g = w ? vt_to_f32(w[c]) : 1.0f;
-        const float o = b ? vt_to_f32(b[c]) : 0.0f;
-        yr[c] = vt_from_f32<T>((v[k] - mean) * rstd * g + o);
+      for (int k = 0; k < VT_LN_PER_LANE / N; ++k) {
+        const int c0 = (lane + k * VT_WARP_SIZE) * N;
+        if (c0 >= cols) continue;
+        Pack16<T> out, pw, pb;
+        if (w) pw = *(const Pack16<T>*)(w + c0);
+        if (b) pb = *(const Pack16<T>*)(b + c0);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const float g = w ? vt_to_f32(pw.v[j]) : 1.0f;
+          const float o = b ? vt_to_f32(pb.v[j]) : 0.0f;
+          out.v[j] = vt_from_f32<T>((v[k * N + j] - mean) * rstd * g + o);
+        }
+        *(Pack16<T>*)(yr + c0) = out;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < VT_LN_PER_LANE; ++i) {
+        const int c = ln_col<T, PACKED>(i, lane);
+        if (c < cols) {
+          const float g = w ? vt_to_f32(w[c]) : 1.0f;
+          const float o = b ? vt_to_f32(b[c]) : 0.0f;
+          yr[c] = vt_from_f32<T>((v[i] - mean) * rstd * g + o);
+        }
       }
     }
+  }
+}
+
+template <typename T>
+VT_DEVICE void layer_norm_warp(const T* x, int ldx, const T* w, const T* b, T* y, int ldy, int rows,
+                               int cols, float eps) {
+  constexpr int N = Pack16<T>::N;
+  const bool packed = cols % N == 0 && ldx % N == 0 && ldy % N == 0 && (uintptr_t)x % 16 == 0 &&
+                      (uintptr_t)y % 16 == 0 && (uintptr_t)w % 16 == 0 && (uintptr_t)b % 16 == 0;
+  if (packed) {
+    layer_norm_warp_rows<T, true>(x, ldx, w, b, y, ldy, rows, cols, eps);
+  } else {
+    layer_norm_warp_rows<T, false>(x, ldx, w, b, y, ldy, rows, cols, eps);
   }
 }
 
