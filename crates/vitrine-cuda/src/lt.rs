@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc;
 use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::{result as drv, sys as drv_sys};
 use vitrine_core::{DType, Error, Result};
 use vitrine_gpu::Gemm;
 
@@ -96,6 +96,12 @@ struct Plan {
 
 /// Candidates asked of the heuristic; the fastest on the real operands wins.
 const CANDIDATES: usize = 8;
+/// Outputs with fewer 128×128 tiles than this (about two waves on a
+/// 132-SM H100) also time split-K versions of the heuristic's picks.
+const SPLIT_K_BELOW_TILES: usize = 256;
+/// How many of the heuristic's picks get split-K versions, and the splits.
+const SPLIT_K_BASES: usize = 3;
+const SPLIT_K_COUNTS: [u32; 3] = [2, 4, 8];
 
 /// An algorithm choice, plain data valid for any handle on its device.
 #[derive(Clone, Copy)]
@@ -302,7 +308,81 @@ impl Lt {
         // would copy them and the drop of `plan` would free them.
         plan.algo = first;
         plan.untimed = rest.to_vec();
+        if self.tune && g.m.div_ceil(128) * g.n.div_ceil(128) < SPLIT_K_BELOW_TILES {
+            let extra = self.split_k_variants(&plan, &found);
+            plan.untimed.extend(extra);
+        }
         Ok(Some(plan))
+    }
+
+    /// Split-K versions of the heuristic's first picks, with fp32 partial
+    /// sums, for outputs too small to fill the GPU with tiles: the heuristic
+    /// under the fp32-only reduction mask rarely proposes them itself, yet
+    /// at batch 1 (206 rows) they are what keeps the SMs busy. Each is
+    /// checked by cuBLASLt against the plan and the workspace before it may
+    /// be timed.
+    fn split_k_variants(
+        &self,
+        plan: &Plan,
+        found: &[sys::cublasLtMatmulAlgo_t],
+    ) -> Vec<sys::cublasLtMatmulAlgo_t> {
+        use sys::cublasLtMatmulAlgoConfigAttributes_t as C;
+        let fp32_partials =
+            sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+        let mut out = Vec::new();
+        for base in found.iter().take(SPLIT_K_BASES) {
+            // SAFETY: `base` is a valid algorithm from the heuristic; each
+            // attribute is read into / written from a value of its documented
+            // type (int32 capability, uint32 configuration).
+            unsafe {
+                let mut supported = 0i32;
+                let mut written = 0usize;
+                let cap = sys::cublasLtMatmulAlgoCapGetAttribute(
+                    base,
+                    sys::cublasLtMatmulAlgoCapAttributes_t::CUBLASLT_ALGO_CAP_SPLITK_SUPPORT,
+                    &mut supported as *mut i32 as *mut c_void,
+                    size_of::<i32>(),
+                    &mut written,
+                );
+                if cap != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS || supported == 0 {
+                    continue;
+                }
+                for splits in SPLIT_K_COUNTS {
+                    let mut algo = *base;
+                    let mut set = |attr: C, v: u32| {
+                        sys::cublasLtMatmulAlgoConfigSetAttribute(
+                            &mut algo as *mut _,
+                            attr,
+                            &v as *const u32 as *const c_void,
+                            size_of::<u32>(),
+                        ) == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                    };
+                    if !set(C::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splits)
+                        || !set(C::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, fp32_partials)
+                    {
+                        continue;
+                    }
+                    let mut check: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+                    let ok = sys::cublasLtMatmulAlgoCheck(
+                        self.handle,
+                        plan.desc,
+                        plan.a,
+                        plan.b,
+                        plan.c,
+                        plan.c,
+                        &algo,
+                        &mut check,
+                    );
+                    if ok == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                        && check.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                        && check.workspaceSize <= WORKSPACE_BYTES
+                    {
+                        out.push(algo);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Runs `g` (bias in the epilogue when `g.bias != 0`). Returns false,
@@ -348,8 +428,12 @@ impl Lt {
         Ok(true)
     }
 
-    /// Times every candidate algorithm of `plan` on the real operands (best
-    /// of three runs each, after one warm-up) and keeps the fastest.
+    /// Times every candidate algorithm of `plan` on the real operands and
+    /// keeps the fastest. Device events bracket three back-to-back runs
+    /// after one warm-up, so a small GEMM is timed as it runs inside a
+    /// forward pass (queued behind other work), not with a launch and a
+    /// synchronisation around each run, which would favour the fewest
+    /// kernels over the fastest ones.
     fn tune(
         &self,
         plan: &mut Plan,
@@ -360,22 +444,20 @@ impl Lt {
     ) -> Result<()> {
         let mut candidates = vec![plan.algo];
         candidates.append(&mut plan.untimed);
-        let mut best = (f64::INFINITY, plan.algo);
+        let events = Events::new()?;
+        let mut best = (f32::INFINITY, plan.algo);
         for algo in candidates {
             // A candidate that fails to launch is simply not chosen.
             if self.run(plan, &algo, g, workspace, stream).is_err() {
                 continue;
             }
-            let mut fastest = f64::INFINITY;
+            events.start(stream)?;
             for _ in 0..3 {
-                sync()?;
-                let t = Instant::now();
                 self.run(plan, &algo, g, workspace, stream)?;
-                sync()?;
-                fastest = fastest.min(t.elapsed().as_secs_f64());
             }
-            if fastest < best.0 {
-                best = (fastest, algo);
+            let ms = events.stop(stream, sync)?;
+            if ms < best.0 {
+                best = (ms, algo);
             }
         }
         plan.algo = best.1;
@@ -424,5 +506,58 @@ impl Lt {
             )
         }
         .map_err(|e| lt_err("matmul", e))
+    }
+}
+
+/// A pair of device events for timing work queued on a stream.
+struct Events {
+    start: drv_sys::CUevent,
+    end: drv_sys::CUevent,
+}
+
+impl Events {
+    fn new() -> Result<Self> {
+        let create = || {
+            drv::event::create(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(|e| Error::Backend(format!("CUDA event: {e}")))
+        };
+        let start = create()?;
+        match create() {
+            Ok(end) => Ok(Self { start, end }),
+            Err(e) => {
+                // SAFETY: created just above, destroyed once.
+                let _ = unsafe { drv::event::destroy(start) };
+                Err(e)
+            }
+        }
+    }
+
+    fn start(&self, stream: sys::cudaStream_t) -> Result<()> {
+        // SAFETY: a live event recorded on the live stream the GEMMs use.
+        unsafe { drv::event::record(self.start, stream as drv_sys::CUstream) }
+            .map_err(|e| Error::Backend(format!("CUDA event: {e}")))
+    }
+
+    /// Milliseconds since `start`, once the stream has caught up.
+    fn stop(&self, stream: sys::cudaStream_t, sync: &dyn Fn() -> Result<()>) -> Result<f32> {
+        // SAFETY: as in `start`; both events have been recorded before
+        // `elapsed` reads them, and the stream is synchronised in between.
+        unsafe {
+            drv::event::record(self.end, stream as drv_sys::CUstream)
+                .map_err(|e| Error::Backend(format!("CUDA event: {e}")))?;
+            sync()?;
+            drv::event::elapsed(self.start, self.end)
+                .map_err(|e| Error::Backend(format!("CUDA event: {e}")))
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // SAFETY: each event was created once in `new` and is destroyed once.
+        unsafe {
+            let _ = drv::event::destroy(self.start);
+            let _ = drv::event::destroy(self.end);
+        }
     }
 }
