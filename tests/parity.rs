@@ -425,3 +425,69 @@ fn gpu_backends_agree_with_cpu() {
     println!("{report}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Small batches run from a recorded pass from their second call on (CUDA
+/// graphs; see crates/vitrine/src/replay.rs). A recorded or replayed pass
+/// must give exactly what a plain pass gives, for new pixels every time:
+/// stale outputs, a missed input copy or a buffer freed under the recording
+/// would all show here.
+#[test]
+fn recorded_passes_match_plain_passes_bit_for_bit() {
+    let plan = backend_plan();
+    let cases = cases();
+    let case = &cases[0];
+    let dir = fixtures().join(&case.layouts[0].1);
+    let first = pixels(case);
+    let shape = first.shape().to_vec();
+    let per: usize = shape[1..].iter().product();
+    let one: Vec<usize> = [1].iter().chain(&shape[1..]).copied().collect();
+    let base = first.to_f32_vec()[..per].to_vec();
+    // Three different images of one shape: the fixture's, mirrored, dimmed.
+    let variants: Vec<HostTensor> = [
+        base.clone(),
+        base.iter().rev().copied().collect(),
+        base.iter().map(|v| v * 0.5 - 0.25).collect(),
+    ]
+    .into_iter()
+    .map(|v| HostTensor::from_f32(one.clone(), v).expect("pixels"))
+    .collect();
+    let out = |e: &Encoder, px: &HostTensor| -> Vec<f32> {
+        let r = e.forward_pixels(px).expect("forward");
+        r[0].last_hidden_state.to_f32_vec()
+    };
+    for device in &plan.run {
+        for dtype in DType::ALL {
+            let enc = Encoder::from_dir(&dir, *device, dtype).expect("load");
+            // Plain, recorded, replayed, replayed again on the first image.
+            let runs: Vec<Vec<f32>> = [0, 1, 2, 0]
+                .iter()
+                .map(|&i| out(&enc, &variants[i]))
+                .collect();
+            for (i, px) in variants.iter().enumerate() {
+                // A fresh encoder's first pass of a shape is always plain.
+                let fresh = Encoder::from_dir(&dir, *device, dtype).expect("load");
+                let plain = out(&fresh, px);
+                let seen: Vec<usize> = [0, 1, 2, 0]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v == i)
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in seen {
+                    let same = runs[k]
+                        .iter()
+                        .zip(&plain)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{device} {dtype}: pass {k} (image {i}) differs from a plain pass"
+                    );
+                }
+            }
+            assert_ne!(
+                runs[0], runs[1],
+                "{device} {dtype}: different images, same outputs"
+            );
+        }
+    }
+}

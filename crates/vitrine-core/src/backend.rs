@@ -137,6 +137,35 @@ pub trait Backend: Send + Sync {
 
     /// Restarts the high-water mark of [`Backend::memory`] from what is live.
     fn reset_peak_memory(&self) {}
+
+    /// Runs `pass` once and, where the backend can record device work (CUDA
+    /// graphs), also returns a [`Replay`] of it: the same kernels on the
+    /// same buffers, queued with one call instead of one per op, which is
+    /// what small batches are bound by. `pass` must only queue device work
+    /// (no uploads, downloads or waits); buffers it allocates and keeps stay
+    /// valid while the replay lives, and each replay rewrites them. The
+    /// default runs `pass` and records nothing.
+    fn record(&self, pass: &mut dyn FnMut() -> Result<()>) -> Result<Option<Box<dyn Replay>>> {
+        pass()?;
+        Ok(None)
+    }
+
+    /// Overwrites the contents of `dst` with `host` converted to `dst`'s
+    /// dtype (same dims), keeping its buffer: how new inputs reach a
+    /// recorded pass.
+    fn upload_into(&self, dst: &Self::Tensor, host: &HostTensor) -> Result<()> {
+        let _ = (dst, host);
+        Err(crate::Error::NotSupported {
+            op: "upload_into",
+            backend: self.name(),
+        })
+    }
+}
+
+/// A recorded pass of device work (see [`Backend::record`]).
+pub trait Replay: Send + Sync {
+    /// Queues the recorded work again, on the buffers it was recorded on.
+    fn replay(&self) -> Result<()>;
 }
 
 /// Bytes of device memory held by live tensors, now and at most.

@@ -16,7 +16,7 @@ mod host;
 mod resize;
 mod seq;
 
-pub use backend::{Backend, MemoryStats, TensorInfo};
+pub use backend::{Backend, MemoryStats, Replay, TensorInfo};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::{HostData, HostTensor};

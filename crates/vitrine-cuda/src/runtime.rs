@@ -7,7 +7,7 @@ use candle_core::cuda_backend::CudaDevice;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result as drv, sys as drv_sys, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
-use vitrine_core::{DType, Error, Result};
+use vitrine_core::{DType, Error, Replay, Result};
 use vitrine_gpu::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
 use crate::embedded::FATBINS;
@@ -65,6 +65,9 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, CudaFunction>>,
     name: String,
     warp: usize,
+    /// Small batches run as recorded CUDA graphs; off with
+    /// `VITRINE_CUDA_GRAPHS=0` (for A/B comparisons).
+    graphs: bool,
 }
 
 /// Allocates in stream order from the device's default memory pool.
@@ -216,6 +219,7 @@ impl GpuRuntime for CudaRuntime {
             functions: Mutex::new(HashMap::new()),
             name: format!("cuda:{ordinal} ({name})"),
             warp,
+            graphs: !matches!(std::env::var("VITRINE_CUDA_GRAPHS").as_deref(), Ok("0")),
         })
     }
 
@@ -358,5 +362,46 @@ impl GpuRuntime for CudaRuntime {
         self.stream
             .synchronize()
             .map_err(|e| driver_err("synchronize", e))
+    }
+
+    fn can_capture(&self) -> bool {
+        self.graphs
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // Thread-local: another thread's unrelated CUDA calls do not break
+        // this recording, while this thread's own illegal calls (a
+        // synchronisation, a pageable copy) fail it loudly.
+        self.stream
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_err("begin graph capture", e))
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn Replay>> {
+        // Buffers the pass allocates and keeps (its outputs) come from graph
+        // memory nodes: each launch frees the previous launch's and hands
+        // out the same addresses again, so the caller's tensors stay valid.
+        let flags =
+            drv_sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+        match self.stream.end_capture(flags) {
+            Ok(Some(graph)) => Ok(Box::new(CudaReplay(graph))),
+            Ok(None) => Err(Error::Backend("CUDA graph capture recorded nothing".into())),
+            Err(e) => Err(driver_err("graph capture", e)),
+        }
+    }
+}
+
+/// An instantiated CUDA graph of one forward pass.
+struct CudaReplay(cudarc::driver::CudaGraph);
+
+// SAFETY: the graph is launched only on its own stream; launches from
+// several threads are serialised by the caller (the encoder holds a lock
+// around each replay and the reads of its outputs).
+unsafe impl Send for CudaReplay {}
+unsafe impl Sync for CudaReplay {}
+
+impl Replay for CudaReplay {
+    fn replay(&self) -> Result<()> {
+        self.0.launch().map_err(|e| driver_err("graph launch", e))
     }
 }

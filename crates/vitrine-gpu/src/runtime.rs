@@ -167,4 +167,27 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
 
     /// Waits for queued work and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
+
+    /// Whether [`GpuRuntime::begin_capture`] works here.
+    fn can_capture(&self) -> bool {
+        false
+    }
+
+    /// Starts recording the work queued on the runtime's stream into a graph
+    /// (nothing runs until the graph is replayed).
+    fn begin_capture(&self) -> Result<()> {
+        Err(vitrine_core::Error::Backend(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
+
+    /// Stops recording; the work queued since `begin_capture` as a graph.
+    /// Always ends the capture, also when it fails.
+    fn end_capture(&self) -> Result<Box<dyn vitrine_core::Replay>> {
+        Err(vitrine_core::Error::Backend(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
 }

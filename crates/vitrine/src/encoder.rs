@@ -19,6 +19,7 @@ use crate::models::radio::RadioSpec;
 use crate::models::{internvit, radio, Model};
 use crate::numerics::{self, human_bytes, F16_MAX};
 use crate::preprocess::PreprocessConfig;
+use crate::replay::Recorder;
 use crate::weights::{KeyMap, Weights};
 
 /// Host-side outputs for one image, fp32.
@@ -137,6 +138,10 @@ trait Runner: Send + Sync {
 pub struct DeviceTiming {
     /// Seconds per pass, in run order.
     pub seconds: Vec<f64>,
+    /// Host seconds until each pass was fully queued (before waiting for
+    /// the device). Close to `seconds` means the host, not the device, sets
+    /// the pace (launch-bound small batches).
+    pub queued: Vec<f64>,
     /// Device memory high-water mark over the passes (weights included),
     /// where the backend keeps count; `None` on the CPU.
     pub peak_bytes: Option<u64>,
@@ -146,17 +151,17 @@ struct Loaded<B: Backend> {
     backend: B,
     model: Model<B>,
     dtype: DType,
+    recorder: Recorder<B>,
 }
 
 impl<B: Backend> Runner for Loaded<B> {
     fn forward(&self, groups: &[HostTensor], keep: &[usize]) -> Result<Vec<Embedding>> {
         let be = &self.backend;
         // Pixels enter in the storage dtype, as `pixel_values.to(dtype)` does in HF.
-        let uploaded = groups
-            .iter()
-            .map(|g| be.upload(g, self.dtype))
-            .collect::<Result<Vec<_>>>()?;
-        let outputs = self.model.forward(be, &uploaded, keep)?;
+        let mut pass = self
+            .recorder
+            .prepare(be, &self.model, self.dtype, groups, keep)?;
+        let outputs = pass.run()?;
         let host = |t: &B::Tensor| be.download(t).map(|h| h.to_dtype(DType::F32));
         outputs
             .iter()
@@ -184,19 +189,28 @@ impl<B: Backend> Runner for Loaded<B> {
 
     fn time_forward(&self, pixels: &HostTensor, repeats: usize) -> Result<DeviceTiming> {
         let be = &self.backend;
-        let uploaded = [be.upload(pixels, self.dtype)?];
+        let mut pass = self.recorder.prepare(
+            be,
+            &self.model,
+            self.dtype,
+            std::slice::from_ref(pixels),
+            &[],
+        )?;
         be.synchronize()?;
         be.reset_peak_memory();
         let mut seconds = Vec::with_capacity(repeats);
+        let mut queued = Vec::with_capacity(repeats);
         for _ in 0..repeats {
             let start = std::time::Instant::now();
-            let outputs = self.model.forward(be, &uploaded, &[])?;
+            let outputs = pass.run()?;
+            queued.push(start.elapsed().as_secs_f64());
             be.synchronize()?;
             seconds.push(start.elapsed().as_secs_f64());
             drop(outputs);
         }
         Ok(DeviceTiming {
             seconds,
+            queued,
             peak_bytes: be.memory().map(|m| m.peak_bytes),
         })
     }
@@ -260,6 +274,7 @@ fn load_on<B: Backend + 'static>(
         backend,
         model,
         dtype,
+        recorder: Recorder::new(),
     }))
 }
 

@@ -43,6 +43,7 @@ pub mod numerics;
 pub mod output;
 mod pipeline;
 pub mod preprocess;
+mod replay;
 pub mod weights;
 
 pub use auto_device::auto_device;
