@@ -488,6 +488,15 @@ fn recorded_passes_match_plain_passes_bit_for_bit() {
                 runs[0], runs[1],
                 "{device} {dtype}: different images, same outputs"
             );
+            // CUDA must really have replayed (else this test checked nothing
+            // there); the CPU and HIP backends record nothing.
+            let timing = enc.time_forward(&variants[0], 1).expect("timed pass");
+            let expect = matches!(device, Device::Cuda(_));
+            assert_eq!(
+                (timing.replayed, timing.record_failure.as_deref()),
+                (expect, None),
+                "{device} {dtype}: recorded pass expected: {expect}"
+            );
         }
     }
 }

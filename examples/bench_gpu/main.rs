@@ -354,7 +354,8 @@ fn main() -> Result<()> {
             serde_json::json!({"kind": "vitrine", "case": name, "device": enc.device_name(), "dtype": args.dtype.to_string(),
                 "batch": b, "h": h, "w": w, "repeats": ms.len(), "threads": if on_cpu { Some(threads) } else { None },
                 "ms_p10": p10, "ms_p50": p50, "ms_p90": p90, "img_s": b as f64 * 1e3 / p50, "tflops": tflops,
-                "peak_bytes": peak_bytes, "e2e_ms": e2e_ms, "queued_ms_p50": percentile(&queued, 0.5)})
+                "peak_bytes": peak_bytes, "e2e_ms": e2e_ms, "queued_ms_p50": percentile(&queued, 0.5),
+                "replayed": timing.replayed, "record_failure": timing.record_failure})
         );
     }
     Ok(())

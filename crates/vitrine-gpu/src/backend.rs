@@ -116,8 +116,10 @@ pub struct GpuBackend<R: GpuRuntime> {
     /// The last packed layout's `cu_seqlens` on the device: every block of a
     /// forward pass uses the same one, so it is uploaded once per pass.
     seqs: Mutex<Option<(SeqLayout, Arc<Tracked<R>>)>>,
+    /// The last pixel normalisation constants on the device (mean, std).
+    stats: Mutex<Option<(Vec<u32>, Arc<Tracked<R>>)>>,
     /// While a pass is being recorded: the backend-owned buffers it reads
-    /// (the `cu_seqlens` above), kept alive for as long as the recording,
+    /// (the two caches above), kept alive for as long as the recording,
     /// since the cache may move on to another layout in the meantime.
     pins: Mutex<Option<Vec<Arc<Tracked<R>>>>>,
 }
@@ -222,6 +224,7 @@ impl<R: GpuRuntime> GpuBackend<R> {
             attention: AttentionKernel::from_env()?,
             profile: OpProfile::from_env(),
             seqs: Mutex::new(None),
+            stats: Mutex::new(None),
             pins: Mutex::new(None),
         })
     }
@@ -264,6 +267,29 @@ impl<R: GpuRuntime> GpuBackend<R> {
             .map_err(|_| Error::InvalidArgument("more than 2³¹ tokens in one batch".into()))?;
         let buf = Arc::new(self.upload_bytes(&offsets.concat())?);
         *cached = Some((seqs.clone(), buf.clone()));
+        self.pin(&buf)?;
+        Ok(buf)
+    }
+
+    /// The normalisation constants (mean then std, f32) on the device; the
+    /// last ones are kept, so a forward pass uploads nothing (which a
+    /// recorded pass could not do).
+    fn pixel_stats(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Arc<Tracked<R>>> {
+        let values: Vec<f32> = mean.iter().chain(&std).copied().collect();
+        let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        let mut cached = self
+            .stats
+            .lock()
+            .map_err(|_| Error::Backend("pixel statistics cache poisoned".into()))?;
+        if let Some((key, buf)) = cached.as_ref() {
+            if *key == bits {
+                self.pin(buf)?;
+                return Ok(buf.clone());
+            }
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let buf = Arc::new(self.upload_bytes(&bytes)?);
+        *cached = Some((bits, buf.clone()));
         self.pin(&buf)?;
         Ok(buf)
     }
@@ -847,14 +873,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         let _t = self.timed("patchify");
         let [b, c, h, w] = checks::patchify(&pixels.dims, patch, norm.is_some())?;
         let stats = match norm {
-            Some((mean, std)) => {
-                let bytes: Vec<u8> = mean
-                    .iter()
-                    .chain(&std)
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                Some(self.upload_bytes(&bytes)?)
-            }
+            Some((mean, std)) => Some(self.pixel_stats(mean, std)?),
             None => None,
         };
         let (mean_ptr, std_ptr) = match &stats {

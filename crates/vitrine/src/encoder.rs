@@ -142,6 +142,12 @@ pub struct DeviceTiming {
     /// the device). Close to `seconds` means the host, not the device, sets
     /// the pace (launch-bound small batches).
     pub queued: Vec<f64>,
+    /// Whether the passes ran from a recording (CUDA graphs, small batches;
+    /// see [`Backend::record`]).
+    pub replayed: bool,
+    /// Why this shape runs without a recording, when recording was tried
+    /// and failed.
+    pub record_failure: Option<String>,
     /// Device memory high-water mark over the passes (weights included),
     /// where the backend keeps count; `None` on the CPU.
     pub peak_bytes: Option<u64>,
@@ -211,6 +217,8 @@ impl<B: Backend> Runner for Loaded<B> {
         Ok(DeviceTiming {
             seconds,
             queued,
+            replayed: pass.replays(),
+            record_failure: pass.record_failure(),
             peak_bytes: be.memory().map(|m| m.peak_bytes),
         })
     }

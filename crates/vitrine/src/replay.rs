@@ -44,8 +44,9 @@ enum Entry<B: Backend> {
     /// Ran once as usual.
     Seen,
     Ready(Recorded<B>),
-    /// Not recordable here (or not worth it): always run as usual.
-    Plain,
+    /// Not recordable here: always run as usual (with the reason, when
+    /// recording failed rather than being unsupported).
+    Plain(Option<String>),
 }
 
 /// A recorded pass with the buffers it reads and writes. Field order is drop
@@ -75,6 +76,7 @@ pub(crate) struct Prepared<'a, B: Backend> {
     model: &'a Model<B>,
     keep: Vec<usize>,
     entries: MutexGuard<'a, HashMap<Key, Entry<B>>>,
+    key: Key,
     mode: Mode<B>,
 }
 
@@ -126,15 +128,15 @@ impl<B: Backend> Recorder<B> {
         let mode = match entries.get(&key) {
             _ if pixels > MAX_PIXELS => Mode::Plain(upload()?),
             None => {
-                entries.insert(key, Entry::Seen);
+                entries.insert(key.clone(), Entry::Seen);
                 Mode::Plain(upload()?)
             }
-            Some(Entry::Seen) if recorded < MAX_RECORDINGS => Mode::Record(key, upload()?),
+            Some(Entry::Seen) if recorded < MAX_RECORDINGS => Mode::Record(key.clone(), upload()?),
             Some(Entry::Ready(r)) => {
                 for (dst, src) in r.inputs.iter().zip(groups) {
                     be.upload_into(dst, src)?;
                 }
-                Mode::Replay(key)
+                Mode::Replay(key.clone())
             }
             Some(_) => Mode::Plain(upload()?),
         };
@@ -143,6 +145,7 @@ impl<B: Backend> Recorder<B> {
             model,
             keep: keep.to_vec(),
             entries,
+            key,
             mode,
         })
     }
@@ -197,19 +200,36 @@ impl<B: Backend> Prepared<'_, B> {
                     }
                     // The backend records nothing: `pass` ran as usual.
                     (Ok(None), Some(outputs)) => {
-                        self.entries.insert(key, Entry::Plain);
+                        self.entries.insert(key, Entry::Plain(None));
                         self.mode = Mode::Plain(inputs);
                         Ok(outputs)
                     }
                     // Recording failed before anything ran: run as usual.
-                    _ => {
-                        self.entries.insert(key, Entry::Plain);
+                    (recorded, _) => {
+                        let why = match recorded {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the recorded pass produced no outputs".into(),
+                        };
+                        self.entries.insert(key, Entry::Plain(Some(why)));
                         let out = self.model.forward(self.be, &inputs, &self.keep);
                         self.mode = Mode::Plain(inputs);
                         out
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the last [`Prepared::run`] ran from a recording.
+    pub(crate) fn replays(&self) -> bool {
+        matches!(self.mode, Mode::Replay(_))
+    }
+
+    /// Why this shape runs without a recording, if recording it failed.
+    pub(crate) fn record_failure(&self) -> Option<String> {
+        match self.entries.get(&self.key) {
+            Some(Entry::Plain(why)) => why.clone(),
+            _ => None,
         }
     }
 }
