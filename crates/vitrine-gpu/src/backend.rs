@@ -107,6 +107,9 @@ fn dense_ld(dims: &[usize]) -> usize {
     dims.last().copied().unwrap_or(1)
 }
 
+/// One small device buffer kept with the host value it was made from.
+type Cached<K, R> = Mutex<Option<(K, Arc<Tracked<R>>)>>;
+
 /// A [`Backend`] on any [`GpuRuntime`].
 pub struct GpuBackend<R: GpuRuntime> {
     rt: R,
@@ -115,9 +118,9 @@ pub struct GpuBackend<R: GpuRuntime> {
     profile: Option<OpProfile>,
     /// The last packed layout's `cu_seqlens` on the device: every block of a
     /// forward pass uses the same one, so it is uploaded once per pass.
-    seqs: Mutex<Option<(SeqLayout, Arc<Tracked<R>>)>>,
+    seqs: Cached<SeqLayout, R>,
     /// The last pixel normalisation constants on the device (mean, std).
-    stats: Mutex<Option<(Vec<u32>, Arc<Tracked<R>>)>>,
+    stats: Cached<Vec<u32>, R>,
     /// While a pass is being recorded: the backend-owned buffers it reads
     /// (the two caches above), kept alive for as long as the recording,
     /// since the cache may move on to another layout in the meantime.
