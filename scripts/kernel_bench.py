@@ -111,24 +111,30 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     ]
     sfx = {torch.float16: "f16", torch.bfloat16: "bf16"}[dtype]
     padded = next(p for p in (32, 64, 80, 96, 128) if p >= d)
+    # Entry points: vt_flash_attention_<dt>_d<HD>_m<MT> (4 tile groups), and
+    # for experiments lab_d<HD>_g<G>m<MT>_b<min blocks> (G tile groups).
+    configs = [(f"vt_flash_attention_{sfx}_d{padded}_m{mt}", f"m{mt}", 4, mt) for mt in (1, 2)]
+    configs += [(f"lab_d{padded}_g{g}m{mt}_b{b}", f"g{g}m{mt}b{b}", g, mt)
+                for g in (2, 4, 8) for mt in (1, 2) for b in (1, 2, 3, 4, 6)]
     for label, mod in mods:
-        for mt in (1, 2):
-            f = mod.function(f"vt_flash_attention_{sfx}_d{padded}_m{mt}")
+        for fname, tag, groups, mt in configs:
+            f = mod.function(fname)
             if f is None:
                 continue
             out = torch.empty(total, width, device=dev, dtype=dtype)
-            rows_per_block = 64 * mt
+            rows_per_block = 16 * groups * mt
+            threads = 32 * groups
             grid = seqs * heads * math.ceil(seqlen / rows_per_block)
             args = [ptr(q), ctypes.c_int32(3 * width), ptr(k), ctypes.c_int32(3 * width), ptr(v),
                     ctypes.c_int32(3 * width), ptr(out), ctypes.c_int32(width), ptr(cu),
                     ctypes.c_int32(seqs), ctypes.c_int32(seqlen), ctypes.c_int32(heads),
                     ctypes.c_int32(d), ctypes.c_float(scale)]
-            run = lambda: launch(f, grid, 128, args)
+            run = lambda: launch(f, grid, threads, args)
             t = timed(run)
             run()
             torch.cuda.synchronize()
             rows.append({
-                "case": name, "impl": f"{label}/m{mt}", "ms": round(t, 4),
+                "case": name, "impl": f"{label}/{tag}", "ms": round(t, 4),
                 "tflops": round(flops / t / 1e9, 1),
                 "max_abs_err": float((out.float() - ref).abs().max()),
                 "vs_torch": round(t_torch / t, 3),
