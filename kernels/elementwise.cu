@@ -60,24 +60,6 @@ VT_DEVICE void residual(const T* x, const T* r, const T* gamma, T* y, int rows, 
   }
 VT_FOR_EACH_DTYPE(VT_RESIDUAL)
 
-// LayerScale folded into a GEMM epilogue (D = alpha ⊙ (A·B) + bias + C):
-// alpha[i] = gamma[i] and, when b is not NULL, bias[i] = gamma[i] · b[i],
-// both f32 (one fp32 product, no rounding to T).
-template <typename T>
-VT_DEVICE void layer_scale_epilogue(const T* gamma, const T* b, float* alpha, float* bias, int n) {
-  VT_GRID_LOOP(i, n) {
-    const float g = vt_to_f32(gamma[i]);
-    alpha[i] = g;
-    if (b) bias[i] = g * vt_to_f32(b[i]);
-  }
-}
-#define VT_LAYER_SCALE_EPILOGUE(sfx, T)                                                       \
-  VT_KERNEL vt_layer_scale_epilogue_##sfx(const T* gamma, const T* b, float* alpha, float* bias, \
-                                          int n) {                                             \
-    layer_scale_epilogue<T>(gamma, b, alpha, bias, n);                                         \
-  }
-VT_FOR_EACH_DTYPE(VT_LAYER_SCALE_EPILOGUE)
-
 // out[r, c] = bias[c]. Pre-fills a GEMM's C so that a beta = 1 GEMM adds the
 // bias inside its own accumulation, one rounding in total like addmm.
 template <typename T> VT_DEVICE void broadcast_rows(const T* bias, T* out, int rows, int cols) {

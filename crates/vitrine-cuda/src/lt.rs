@@ -67,8 +67,6 @@ struct PlanKey {
     mnk: (usize, usize, usize),
     ld: (usize, usize, usize),
     bias: bool,
-    /// Per-row alpha vector (LayerScale) with an f32 bias.
-    alpha_vec: bool,
     align: (u32, u32, u32),
 }
 
@@ -80,7 +78,6 @@ impl PlanKey {
             mnk: (g.m, g.n, g.k),
             ld: (g.lda, g.ldb, g.ldc),
             bias: g.bias != 0,
-            alpha_vec: g.alpha != 0,
             align: (alignment(g.a), alignment(g.b), c_alignment(g)),
         }
     }
@@ -242,21 +239,6 @@ impl Lt {
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op(g.trans_a))?;
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op(g.trans_b))?;
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
-            if g.alpha != 0 {
-                // alpha: a device vector of m f32 (one per row of D); beta
-                // stays a host scalar; the bias comes pre-scaled in f32.
-                let mode =
-                    sys::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST
-                        as i32;
-                set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode)?;
-                if g.bias != 0 {
-                    set_desc(
-                        plan.desc,
-                        D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                        &(sys::cudaDataType::CUDA_R_32F as i32),
-                    )?;
-                }
-            }
             set_pref(
                 pref,
                 P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -494,8 +476,7 @@ impl Lt {
         let c_in = if g.c_in != 0 { g.c_in } else { g.c };
         // SAFETY: pointers are live device buffers whose shapes and strides
         // the plan was built for (C and D share a layout); alpha/beta are
-        // host f32 (the scale type), or alpha a device vector of m f32 when
-        // the plan set that pointer mode; the workspace holds WORKSPACE_BYTES on
+        // host f32 (the scale type); the workspace holds WORKSPACE_BYTES on
         // the same stream.
         unsafe {
             if g.bias != 0 {
@@ -505,15 +486,10 @@ impl Lt {
                     &g.bias,
                 )?;
             }
-            let alpha = if g.alpha != 0 {
-                g.alpha as *const c_void
-            } else {
-                &alpha as *const f32 as *const c_void
-            };
             lt::matmul(
                 self.handle,
                 plan.desc,
-                alpha,
+                &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
                 g.a as *const c_void,
                 plan.a,

@@ -298,11 +298,11 @@ impl GpuRuntime for CudaRuntime {
         {
             return Ok(());
         }
-        if g.c_in != 0 || g.alpha != 0 {
-            // Only a fused epilogue can read C from elsewhere or scale rows;
-            // the backend composes the op itself on this answer.
+        if g.c_in != 0 {
+            // Only a fused epilogue can read C from elsewhere; the backend
+            // composes the op itself on this answer.
             return Err(Error::NotSupported {
-                op: "GEMM with a separate C input or per-row alpha (no cuBLASLt algorithm)",
+                op: "GEMM with a separate C input (no cuBLASLt algorithm)",
                 backend: self.name(),
             });
         }

@@ -297,33 +297,6 @@ impl<R: GpuRuntime> GpuBackend<R> {
         Ok(buf)
     }
 
-    /// LayerScale for the GEMM epilogue: γ as f32 (the per-row alpha) and,
-    /// with a bias, γ ⊙ b as f32 (one fp32 product each).
-    fn layer_scale_epilogue(
-        &self,
-        gamma: &GpuTensor<R>,
-        b: Option<&GpuTensor<R>>,
-        m: usize,
-    ) -> Result<(Tracked<R>, Option<Tracked<R>>)> {
-        let f32_vec =
-            || -> Result<Tracked<R>> { Ok(Tracked::new(self.rt.alloc(m * 4)?, &self.memory)) };
-        let alpha = f32_vec()?;
-        let bias = b.map(|_| f32_vec()).transpose()?;
-        let args = [
-            gamma.arg(),
-            KernelArg::Ptr(b.map_or(0, |b| b.ptr())),
-            KernelArg::Ptr(alpha.device_ptr()),
-            KernelArg::Ptr(bias.as_ref().map_or(0, |b| b.device_ptr())),
-            int(m, "LayerScale length")?,
-        ];
-        self.elementwise(
-            &format!("vt_layer_scale_epilogue_{}", suffix(gamma.dtype)),
-            m,
-            &args,
-        )?;
-        Ok((alpha, bias))
-    }
-
     /// Keeps `buf` alive with the pass being recorded, if any.
     fn pin(&self, buf: &Arc<Tracked<R>>) -> Result<()> {
         let mut pins = self
@@ -424,7 +397,6 @@ fn linear_gemm<R: GpuRuntime>(
     beta: f32,
     bias: u64,
     c_in: u64,
-    alpha: u64,
 ) -> Gemm {
     let (n, k, m) = (x.dims[0], x.dims[1], w.dims[0]);
     Gemm {
@@ -443,7 +415,6 @@ fn linear_gemm<R: GpuRuntime>(
         beta,
         bias,
         c_in,
-        alpha,
     }
 }
 
@@ -595,7 +566,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             )?;
             beta = 1.0;
         }
-        self.rt.gemm(&linear_gemm(x, w, &y, beta, bias, 0, 0))?;
+        self.rt.gemm(&linear_gemm(x, w, &y, beta, bias, 0))?;
         Ok(y)
     }
 
@@ -611,8 +582,9 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             let y = self.linear(x, w, b)?;
             self.residual(r, &y, gamma)
         };
-        // The fused form needs the runtime's epilogue.
-        if !self.rt.gemm_bias_epilogue() {
+        // The fused form needs the runtime's epilogue; LayerScale is not
+        // folded in (it would scale the residual-free part only).
+        if gamma.is_some() || !self.rt.gemm_bias_epilogue() {
             return compose();
         }
         let _t = self.timed("linear_residual");
@@ -632,31 +604,14 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         if let Some(b) = b {
             vector("linear bias", b, m, x.dtype)?;
         }
-        if let Some(g) = gamma {
-            vector("LayerScale", g, m, x.dtype)?;
-        }
         if n == 0 || m == 0 {
             return compose();
         }
         let (w, r) = (&self.dense(w)?, &self.dense(r)?);
         let y = self.alloc(&[n, m], x.dtype)?;
         // Y = X·Wᵀ + b + R in one epilogue: R is read as C, Y written as D.
-        // With LayerScale γ: Y = γ ⊙ (X·Wᵀ) + γ ⊙ b + R, γ as the per-row
-        // alpha and γ ⊙ b as an f32 bias, both made here in fp32.
-        let scaled = match gamma {
-            Some(g) => Some(self.layer_scale_epilogue(g, b, m)?),
-            None => None,
-        };
-        let (alpha, bias) = match (&scaled, b) {
-            (Some((alpha, bias)), _) => (
-                alpha.device_ptr(),
-                bias.as_ref().map_or(0, |b| b.device_ptr()),
-            ),
-            (None, b) => (0, b.map_or(0, |b| b.ptr())),
-        };
-        let fused = self
-            .rt
-            .gemm(&linear_gemm(x, w, &y, 1.0, bias, r.ptr(), alpha));
+        let bias = b.map_or(0, |b| b.ptr());
+        let fused = self.rt.gemm(&linear_gemm(x, w, &y, 1.0, bias, r.ptr()));
         match fused {
             Ok(()) => Ok(y),
             Err(Error::NotSupported { .. }) => compose(),

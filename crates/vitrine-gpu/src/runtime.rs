@@ -107,11 +107,6 @@ pub struct Gemm {
     /// C in the fp32 epilogue, or 0 for none. Only passed to runtimes whose
     /// [`GpuRuntime::gemm_bias_epilogue`] is true.
     pub bias: u64,
-    /// Device address of `m` f32 per-row scales replacing alpha (`D =
-    /// alpha ⊙ (A·B) + bias + beta·C_in`: LayerScale folded into the
-    /// epilogue), or 0 for alpha = 1. With it, `bias` holds f32 values
-    /// (already scaled). Only passed where `gemm_bias_epilogue` is true.
-    pub alpha: u64,
 }
 
 /// Device memory owned by a runtime; freed when dropped. Dropping must be

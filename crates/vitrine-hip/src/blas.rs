@@ -63,7 +63,7 @@ impl Blas {
 
     /// Runs one column-major GEMM (see [`Gemm`]).
     pub(crate) fn gemm(&self, g: &Gemm) -> Result<()> {
-        if g.bias != 0 || g.c_in != 0 || g.alpha != 0 {
+        if g.bias != 0 || g.c_in != 0 {
             // The backend pre-fills C instead (gemm_bias_epilogue is false).
             return Err(Error::Backend(
                 "rocBLAS GEMM was handed a bias or a separate C; this runtime has no epilogue"
