@@ -133,6 +133,37 @@ fn linear_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
                 &reference,
                 nmse_bar(dtype),
             );
+            // The same layer joining a residual stream, with and without
+            // LayerScale (GPU backends fuse both into the GEMM epilogue).
+            let res = round(&rng.normals(n * m, 1.0), dtype);
+            let gamma = round(&rng.normals(m, 0.3), dtype);
+            let gt = up(be, &[m], &gamma, dtype);
+            for with_gamma in [false, true] {
+                let want: Vec<f64> = (0..n * m)
+                    .map(|i| {
+                        let g = if with_gamma { gamma[i % m] as f64 } else { 1.0 };
+                        res[i] as f64 + g * reference[i]
+                    })
+                    .collect();
+                let got = down(
+                    be,
+                    be.linear_residual(
+                        &up(be, &[n, k], &x, dtype),
+                        &up(be, &[m, k], &w, dtype),
+                        bias.then_some(&bt),
+                        &up(be, &[n, m], &res, dtype),
+                        with_gamma.then_some(&gt),
+                    ),
+                );
+                r.record(
+                    "linear_residual",
+                    &format!("n={n} k={k} m={m} bias={bias} gamma={with_gamma}"),
+                    dtype,
+                    got,
+                    &want,
+                    nmse_bar(dtype),
+                );
+            }
         }
     }
 }
