@@ -791,19 +791,14 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
         if let Some(padded) = fused {
             // One block per (sequence, head, query tile) of 4 tile groups:
             // two m-tiles per group (128 rows) share each K/V fragment among
-            // more queries, which pays from head dim 80 up on big grids of
-            // long sequences (H100, d80: 4106 tokens, 1024² batch 4, 10%
-            // faster); one (64 rows) keeps a small batch from leaving most of
-            // the GPU idle, wastes fewer padded rows on the last tile (1034
-            // tokens: 5% against 10%, 2% faster), and at d64 its lighter
-            // registers (4 blocks per SM) win (InternViT 448² batch 32: 8%).
+            // more queries, which pays from head dim 80 up on big grids
+            // (H100, d80: 1024² batch 4, 20% faster; 512² batch 32, 2%, with
+            // 10% padded rows on the last tile); one (64 rows) keeps a small
+            // batch from leaving most of the GPU idle, and at d64 its lighter
+            // registers (4 blocks per SM) win (InternViT 448² batch 32: 4–8%).
             let blocks = |mt: usize| seqs.len() * heads * seqs.max_len().div_ceil(64 * mt);
-            let padded_rows = seqs.max_len().div_ceil(128) * 128;
-            let tail_waste = (padded_rows - seqs.max_len()) as f64 / padded_rows as f64;
             let wide = self.attention == AttentionKernel::Wide;
-            let mt = if wide
-                || (padded >= 80 && blocks(2) >= FUSED_ENOUGH_BLOCKS && tail_waste <= 0.05)
-            {
+            let mt = if wide || (padded >= 80 && blocks(2) >= FUSED_ENOUGH_BLOCKS) {
                 2
             } else {
                 1
