@@ -242,8 +242,6 @@ VT_DEVICE void vt_frag_b_cols(uint32_t b0[2], uint32_t b1[2], const uint16_t* ti
 }
 #endif
 
-VT_DEVICE float vt_exp2f(float x) { return exp2f(x); }
-
 // 2^x for softmax weights, which are rounded to 16 bits before they are used
 // and summed in fp32 next to a maximum of 1: the hardware approximation
 // (relative error ~2^-22) with subnormal results flushed to zero, which

@@ -252,26 +252,15 @@ impl<R: GpuRuntime> GpuBackend<R> {
     }
 
     fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<Tracked<R>>> {
-        let mut cached = self
-            .seqs
-            .lock()
-            .map_err(|_| Error::Backend("sequence cache poisoned".into()))?;
-        if let Some((layout, buf)) = cached.as_ref() {
-            if layout == seqs {
-                self.pin(buf)?;
-                return Ok(buf.clone());
-            }
-        }
-        let offsets = seqs
-            .offsets()
-            .iter()
-            .map(|&o| i32::try_from(o).map(i32::to_le_bytes))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| Error::InvalidArgument("more than 2³¹ tokens in one batch".into()))?;
-        let buf = Arc::new(self.upload_bytes(&offsets.concat())?);
-        *cached = Some((seqs.clone(), buf.clone()));
-        self.pin(&buf)?;
-        Ok(buf)
+        self.cached_upload(&self.seqs, seqs, || {
+            let offsets = seqs
+                .offsets()
+                .iter()
+                .map(|&o| i32::try_from(o).map(i32::to_le_bytes))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| Error::InvalidArgument("more than 2³¹ tokens in one batch".into()))?;
+            Ok(offsets.concat())
+        })
     }
 
     /// The normalisation constants (mean then std, f32) on the device; the
@@ -280,19 +269,30 @@ impl<R: GpuRuntime> GpuBackend<R> {
     fn pixel_stats(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Arc<Tracked<R>>> {
         let values: Vec<f32> = mean.iter().chain(&std).copied().collect();
         let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
-        let mut cached = self
-            .stats
+        self.cached_upload(&self.stats, &bits, || {
+            Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+    }
+
+    /// The buffer `cache` holds for `key`, or `bytes()` uploaded in its
+    /// place; pinned to the pass being recorded either way.
+    fn cached_upload<K: PartialEq + Clone>(
+        &self,
+        cache: &Cached<K, R>,
+        key: &K,
+        bytes: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Tracked<R>>> {
+        let mut cached = cache
             .lock()
-            .map_err(|_| Error::Backend("pixel statistics cache poisoned".into()))?;
-        if let Some((key, buf)) = cached.as_ref() {
-            if *key == bits {
-                self.pin(buf)?;
-                return Ok(buf.clone());
+            .map_err(|_| Error::Backend("device value cache poisoned".into()))?;
+        let buf = match cached.as_ref() {
+            Some((k, buf)) if k == key => buf.clone(),
+            _ => {
+                let buf = Arc::new(self.upload_bytes(&bytes()?)?);
+                *cached = Some((key.clone(), buf.clone()));
+                buf
             }
-        }
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let buf = Arc::new(self.upload_bytes(&bytes)?);
-        *cached = Some((bits, buf.clone()));
+        };
         self.pin(&buf)?;
         Ok(buf)
     }

@@ -65,8 +65,8 @@ pub(crate) struct Recorder<B: Backend> {
 /// How a prepared pass will run.
 enum Mode<B: Backend> {
     Plain(Vec<B::Tensor>),
-    Record(Key, Vec<B::Tensor>),
-    Replay(Key),
+    Record(Vec<B::Tensor>),
+    Replay,
 }
 
 /// A batch whose pixels are on the device, ready to run one or more times.
@@ -131,12 +131,12 @@ impl<B: Backend> Recorder<B> {
                 entries.insert(key.clone(), Entry::Seen);
                 Mode::Plain(upload()?)
             }
-            Some(Entry::Seen) if recorded < MAX_RECORDINGS => Mode::Record(key.clone(), upload()?),
+            Some(Entry::Seen) if recorded < MAX_RECORDINGS => Mode::Record(upload()?),
             Some(Entry::Ready(r)) => {
                 for (dst, src) in r.inputs.iter().zip(groups) {
                     be.upload_into(dst, src)?;
                 }
-                Mode::Replay(key.clone())
+                Mode::Replay
             }
             Some(_) => Mode::Plain(upload()?),
         };
@@ -162,67 +162,67 @@ fn pixels_of(g: &HostTensor) -> usize {
 impl<B: Backend> Prepared<'_, B> {
     /// Queues one forward pass; outputs stay on the device.
     pub(crate) fn run(&mut self) -> Result<Vec<ImageOutputs<B>>> {
-        match std::mem::replace(&mut self.mode, Mode::Plain(Vec::new())) {
-            Mode::Plain(inputs) => {
-                let out = self.model.forward(self.be, &inputs, &self.keep);
-                self.mode = Mode::Plain(inputs);
-                out
-            }
-            Mode::Replay(key) => {
-                let Some(Entry::Ready(r)) = self.entries.get(&key) else {
+        // Plain and replayed passes leave the mode as it is (also on error);
+        // only a recording moves it on.
+        match &self.mode {
+            Mode::Plain(inputs) => return self.model.forward(self.be, inputs, &self.keep),
+            Mode::Replay => {
+                let Some(Entry::Ready(r)) = self.entries.get(&self.key) else {
                     return Err(Error::Backend("recorded pass vanished".into()));
                 };
                 r.replay.replay()?;
-                let out = clone_outputs(&r.outputs);
-                self.mode = Mode::Replay(key);
+                return Ok(clone_outputs(&r.outputs));
+            }
+            Mode::Record(_) => {}
+        }
+        let Mode::Record(inputs) = std::mem::replace(&mut self.mode, Mode::Plain(Vec::new()))
+        else {
+            return Err(Error::Backend("pass mode changed".into()));
+        };
+        let mut outputs = None;
+        let (model, be, keep) = (self.model, self.be, &self.keep);
+        let recorded = be.record(&mut || {
+            outputs = Some(model.forward(be, &inputs, keep)?);
+            Ok(())
+        });
+        match (recorded, outputs) {
+            (Ok(Some(replay)), Some(outputs)) => {
+                let out = clone_outputs(&outputs);
+                self.entries.insert(
+                    self.key.clone(),
+                    Entry::Ready(Recorded {
+                        replay,
+                        inputs,
+                        outputs,
+                    }),
+                );
+                self.mode = Mode::Replay;
                 Ok(out)
             }
-            Mode::Record(key, inputs) => {
-                let mut outputs = None;
-                let (model, be, keep) = (self.model, self.be, &self.keep);
-                let recorded = be.record(&mut || {
-                    outputs = Some(model.forward(be, &inputs, keep)?);
-                    Ok(())
-                });
-                match (recorded, outputs) {
-                    (Ok(Some(replay)), Some(outputs)) => {
-                        let out = clone_outputs(&outputs);
-                        self.entries.insert(
-                            key.clone(),
-                            Entry::Ready(Recorded {
-                                replay,
-                                inputs,
-                                outputs,
-                            }),
-                        );
-                        self.mode = Mode::Replay(key);
-                        Ok(out)
-                    }
-                    // The backend records nothing: `pass` ran as usual.
-                    (Ok(None), Some(outputs)) => {
-                        self.entries.insert(key, Entry::Plain(None));
-                        self.mode = Mode::Plain(inputs);
-                        Ok(outputs)
-                    }
-                    // Recording failed before anything ran: run as usual.
-                    (recorded, _) => {
-                        let why = match recorded {
-                            Err(e) => e.to_string(),
-                            Ok(_) => "the recorded pass produced no outputs".into(),
-                        };
-                        self.entries.insert(key, Entry::Plain(Some(why)));
-                        let out = self.model.forward(self.be, &inputs, &self.keep);
-                        self.mode = Mode::Plain(inputs);
-                        out
-                    }
-                }
+            // The backend records nothing: `pass` ran as usual.
+            (Ok(None), Some(outputs)) => {
+                self.entries.insert(self.key.clone(), Entry::Plain(None));
+                self.mode = Mode::Plain(inputs);
+                Ok(outputs)
+            }
+            // Recording failed before anything ran: run as usual.
+            (recorded, _) => {
+                let why = match recorded {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the recorded pass produced no outputs".into(),
+                };
+                self.entries
+                    .insert(self.key.clone(), Entry::Plain(Some(why)));
+                let out = self.model.forward(self.be, &inputs, &self.keep);
+                self.mode = Mode::Plain(inputs);
+                out
             }
         }
     }
 
     /// Whether the last [`Prepared::run`] ran from a recording.
     pub(crate) fn replays(&self) -> bool {
-        matches!(self.mode, Mode::Replay(_))
+        matches!(self.mode, Mode::Replay)
     }
 
     /// Why this shape runs without a recording, if recording it failed.
