@@ -180,6 +180,117 @@ VT_DEVICE void stage_tile(uint16_t (*tile)[HD + 8], const uint16_t* base, int ld
   }
 }
 
+// One online-softmax step of a tile group over one tile of KEYS keys, for the
+// group's 16 rows: S (fp32 scores in tile-MMA accumulator layout, KEYS/8
+// n-tiles) is masked past `keys`, the running max m and sum l (this lane's
+// part) move on, the factors the output must be rescaled by (rescale_rows)
+// are returned in resc, and S is replaced by P = exp2(S·scale - max) in
+// fp32 (pack_p rounds it to T for P·V). The row max is taken of the raw
+// scores, so the scale (> 0) is fused into the exponent's FMA.
+template <int KEYS>
+VT_DEVICE void softmax_tile(float (*s)[4], float m[2], float l[2], float resc[2], int keys, int t,
+                            float scale_log2) {
+  if (keys < KEYS) {
+#pragma unroll
+    for (int j = 0; j < KEYS / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        if (j * 8 + 2 * t + e >= keys) s[j][e] = s[j][2 + e] = vt_neg_inf();
+  }
+  float mx[2] = {vt_neg_inf(), vt_neg_inf()};
+#pragma unroll
+  for (int j = 0; j < KEYS / 8; ++j) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    // A row's scores are spread over the 4 lanes of its quad.
+    mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 1));
+    mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 2));
+    const float nm = fmaxf(m[h], mx[h] * scale_log2);
+    resc[h] = vt_exp2f_softmax(m[h] - nm);  // 0 at the first tile
+    m[h] = nm;
+    l[h] *= resc[h];
+  }
+#pragma unroll
+  for (int j = 0; j < KEYS / 8; ++j) {
+    s[j][0] = vt_exp2f_softmax(vt_fmaf(s[j][0], scale_log2, -m[0]));
+    s[j][1] = vt_exp2f_softmax(vt_fmaf(s[j][1], scale_log2, -m[0]));
+    s[j][2] = vt_exp2f_softmax(vt_fmaf(s[j][2], scale_log2, -m[1]));
+    s[j][3] = vt_exp2f_softmax(vt_fmaf(s[j][3], scale_log2, -m[1]));
+    l[0] += s[j][0] + s[j][1];
+    l[1] += s[j][2] + s[j][3];
+  }
+}
+
+// P (fp32, tile-MMA accumulator layout) rounded to T as the A fragments of
+// P·V: the 16 keys of k-step kk are the two adjacent n-tiles 2kk, 2kk + 1.
+template <typename T, int KEYS> VT_DEVICE void pack_p(float (*p)[4], uint32_t (*pa)[4]) {
+#pragma unroll
+  for (int kk = 0; kk < KEYS / 16; ++kk) {
+    pa[kk][0] = vt_pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+    pa[kk][1] = vt_pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+    pa[kk][2] = vt_pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    pa[kk][3] = vt_pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  }
+}
+
+// O *= resc row-wise (resc[0] for the lane's upper row, resc[1] the lower).
+template <int HD> VT_DEVICE void rescale_rows(float (*o)[4], const float resc[2]) {
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) {
+    o[d][0] *= resc[0];
+    o[d][1] *= resc[0];
+    o[d][2] *= resc[1];
+    o[d][3] *= resc[1];
+  }
+}
+
+// Writes one group's 16 rows of normalised output (rows past the sequence
+// and columns past head_dim are skipped).
+template <typename T, int HD>
+VT_DEVICE void store_rows(T* oh, int ldo, int ra, int len, int head_dim, int t, float (*o)[4],
+                          const float l[2]) {
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = l[h];
+    sum += vt_group_shfl_xor(sum, 1);
+    sum += vt_group_shfl_xor(sum, 2);
+    inv[h] = 1.0f / sum;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = ra + 8 * h;
+    if (r >= len) continue;
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = d * 8 + 2 * t + e;
+        if (c < head_dim) oh[(long)r * ldo + c] = vt_from_f32<T>(o[d][2 * h + e] * inv[h]);
+      }
+    }
+  }
+}
+
+// Q fragments (tile-MMA A layout) of the 16 rows from `ra` of a head, zero
+// past the sequence and past head_dim.
+template <typename T, int HD>
+VT_DEVICE void load_q(uint32_t (*qf)[4], const T* qh, int ldq, int ra, int len, int head_dim,
+                      int t) {
+  const int rb = ra + 8;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const int c = kk * 16 + 2 * t;
+    qf[kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
+    qf[kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
+    qf[kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
+    qf[kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
+  }
+}
+
 template <typename T, int HD, int GROUPS, int MT>
 VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out,
                                int ldo, const int* cu_seqlens, int num_seqs, int max_seqlen,
@@ -220,17 +331,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   const int row0 = q0 + group * 16 * MT + g;
   uint32_t qf[MT][HD / 16][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int ra = row0 + 16 * mt, rb = ra + 8;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      const int c = kk * 16 + 2 * t;
-      qf[mt][kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
-      qf[mt][kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
-      qf[mt][kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
-      qf[mt][kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
-    }
-  }
+  for (int mt = 0; mt < MT; ++mt) load_q<T, HD>(qf[mt], qh, ldq, row0 + 16 * mt, len, head_dim, t);
 
   float o[MT][HD / 8][4];
   float m[MT][2], l[MT][2];  // running max, and this lane's part of the running sum
@@ -282,57 +383,10 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
     uint32_t pa[MT][KEYS / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      // Mask keys past the sequence (last tile only) and take each row's
-      // max of the raw scores; the scale (> 0) is applied afterwards, fused
-      // into the exponent's FMA.
-      if (keys < KEYS) {
-#pragma unroll
-        for (int j = 0; j < KEYS / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (j * 8 + 2 * t + e >= keys) s[mt][j][e] = s[mt][j][2 + e] = vt_neg_inf();
-      }
-      float mx[2] = {vt_neg_inf(), vt_neg_inf()};
-#pragma unroll
-      for (int j = 0; j < KEYS / 8; ++j) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[mt][j][0], s[mt][j][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[mt][j][2], s[mt][j][3]));
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        // A row's scores are spread over the 4 lanes of its quad.
-        mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 1));
-        mx[h] = fmaxf(mx[h], vt_group_shfl_xor(mx[h], 2));
-        const float nm = fmaxf(m[mt][h], mx[h] * scale_log2);
-        const float resc = vt_exp2f_softmax(m[mt][h] - nm);  // 0 at the first tile
-        m[mt][h] = nm;
-        l[mt][h] *= resc;
-#pragma unroll
-        for (int d = 0; d < HD / 8; ++d) {
-          o[mt][d][2 * h] *= resc;
-          o[mt][d][2 * h + 1] *= resc;
-        }
-      }
-      // P = exp2(S - max), summed in fp32, then rounded to T as the A
-      // operand of P·V: 16 keys per k-step are two adjacent n-tiles of S.
-#pragma unroll
-      for (int kk = 0; kk < KEYS / 16; ++kk) {
-        float p[2][4];
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const float* sj = s[mt][2 * kk + hh];
-          p[hh][0] = vt_exp2f_softmax(vt_fmaf(sj[0], scale_log2, -m[mt][0]));
-          p[hh][1] = vt_exp2f_softmax(vt_fmaf(sj[1], scale_log2, -m[mt][0]));
-          p[hh][2] = vt_exp2f_softmax(vt_fmaf(sj[2], scale_log2, -m[mt][1]));
-          p[hh][3] = vt_exp2f_softmax(vt_fmaf(sj[3], scale_log2, -m[mt][1]));
-          l[mt][0] += p[hh][0] + p[hh][1];
-          l[mt][1] += p[hh][2] + p[hh][3];
-        }
-        pa[mt][kk][0] = vt_pack2<T>(p[0][0], p[0][1]);
-        pa[mt][kk][1] = vt_pack2<T>(p[0][2], p[0][3]);
-        pa[mt][kk][2] = vt_pack2<T>(p[1][0], p[1][1]);
-        pa[mt][kk][3] = vt_pack2<T>(p[1][2], p[1][3]);
-      }
+      float resc[2];
+      softmax_tile<KEYS>(s[mt], m[mt], l[mt], resc, keys, t, scale_log2);
+      rescale_rows<HD>(o[mt], resc);
+      pack_p<T, KEYS>(s[mt], pa[mt]);
     }
 
     // O += P·V; every V fragment serves all MT m-tiles.
@@ -354,29 +408,8 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
 
   T* oh = out + (long)start * ldo + col0;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    float inv[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = l[mt][h];
-      sum += vt_group_shfl_xor(sum, 1);
-      sum += vt_group_shfl_xor(sum, 2);
-      inv[h] = 1.0f / sum;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = row0 + 16 * mt + 8 * h;
-      if (r >= len) continue;
-#pragma unroll
-      for (int d = 0; d < HD / 8; ++d) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = d * 8 + 2 * t + e;
-          if (c < head_dim) oh[(long)r * ldo + c] = vt_from_f32<T>(o[mt][d][2 * h + e] * inv[h]);
-        }
-      }
-    }
-  }
+  for (int mt = 0; mt < MT; ++mt)
+    store_rows<T, HD>(oh, ldo, row0 + 16 * mt, len, head_dim, t, o[mt], l[mt]);
 }
 
 // Entry points vt_flash_attention_<dtype>_d<HD>_m<ROWS>: 4 tile groups with
@@ -400,3 +433,216 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   VT_FLASH_ATTENTION_TILES(sfx, T, 128)
 VT_FLASH_ATTENTION_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
+
+// ---------------------------------------------------------------------------
+// Fused attention on Hopper's warpgroup MMA (sm_90a): the kernel above with
+// its two products moved from per-warp `mma.sync` to `wgmma`, which reads K
+// and V straight from shared memory and runs asynchronously at about twice
+// the tensor throughput. Everything else is shared: Q fragments, the
+// online softmax (softmax_tile) and the output (store_rows), so the numerics
+// are the same contract: fp32 scores and statistics, P rounded to T, fp32
+// accumulation of P·V.
+//
+// A block of WG warpgroups owns 64·WG query rows of one (sequence, head);
+// warp w holds rows 16w..16w+15 (the tile-MMA rows of the kernel above).
+// K and V tiles of KEYS keys are double-buffered in dynamic shared memory as
+// 8×8 core matrices (see vt_wgmma): core (row block rb, column block cb) of
+// a KEYS × HD tile sits at byte (rb · HD/8 + cb) · 128. The same bytes are
+// Kᵀ's K-major B operand for S = Q·Kᵀ and V's n-major one for O += P·V.
+//
+// Launch: block = 128·WG threads, dynamic shared memory
+// vt_flash_attention_wg_smem(HD, KEYS) bytes, grid as for the kernel above
+// with 64·WG rows per block. Only the sm_90a image has the body; elsewhere
+// the entry points exist (every image exports the same names) and write NaN
+// to the rows they own, so a launch that slipped past the host's device
+// check cannot go unnoticed.
+// ---------------------------------------------------------------------------
+
+// K/V tiles in flight or in use at once: tile j is read while tile j + 1 is
+// resident for the next scores and tile j + 2 is being fetched.
+#define WG_STAGES 3
+
+// Fetches tiles of a head's slice (rows [0, rows), zero past `rows` and
+// head_dim) into blocked KEYS × HD tiles. Thread i of THREADS fills 16-byte
+// slots i, i + THREADS, ..., so a warp writes 512 contiguous bytes and reads
+// 8 rows × 64 bytes. Which row and column each of its slots holds is worked
+// out once per block: the fetch of a tile, every iteration, is then a
+// compare, an address and one asynchronous copy per slot.
+template <int HD, int KEYS, int THREADS> struct BlockedTileFetch {
+  static constexpr int CB = HD / 8, SLOTS = KEYS * CB, PER = (SLOTS + THREADS - 1) / THREADS;
+  int row[PER], col[PER];  // row -1: no slot; col -1: past head_dim (zero-filled)
+
+  VT_DEVICE explicit BlockedTileFetch(int head_dim) {
+#pragma unroll
+    for (int p = 0; p < PER; ++p) {
+      const int i = threadIdx.x + p * THREADS, core = i / 8;
+      row[p] = i < SLOTS ? (core / CB) * 8 + i % 8 : -1;
+      col[p] = (core % CB) * 8 < head_dim ? (core % CB) * 8 : -1;
+    }
+  }
+
+  // Asynchronous 16-byte copies; needs head_dim, ld and base 16-byte aligned.
+  VT_DEVICE void fetch(uint16_t* tile, const uint16_t* base, int ld, int rows) const {
+#pragma unroll
+    for (int p = 0; p < PER; ++p) {
+      if (row[p] < 0) continue;
+      const bool valid = row[p] < rows && col[p] >= 0;
+      vt_copy16_async(tile + (threadIdx.x + p * THREADS) * 8,
+                      valid ? base + (long)row[p] * ld + col[p] : base, valid);
+    }
+  }
+
+  // The same tile element by element, for unaligned slices.
+  VT_DEVICE static void fetch_unaligned(uint16_t* tile, const uint16_t* base, int ld, int rows,
+                                        int head_dim) {
+    for (int i = threadIdx.x; i < KEYS * HD; i += THREADS) {
+      const int r = i / HD, c = i % HD;
+      tile[((r / 8) * CB + c / 8) * 64 + (r % 8) * 8 + c % 8] =
+          (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
+    }
+  }
+};
+
+template <typename T, int HD, int KEYS, int WG>
+VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv,
+                                  T* out, int ldo, const int* cu_seqlens, int num_seqs,
+                                  int max_seqlen, int heads, int head_dim, float scale) {
+  constexpr int ROWS = 64 * WG;
+  const int tiles = (max_seqlen + ROWS - 1) / ROWS;
+  const int tile = blockIdx.x % tiles;
+  const int head = (blockIdx.x / tiles) % heads;
+  const int seq = blockIdx.x / (tiles * heads);
+  if (seq >= num_seqs) return;
+  const int start = cu_seqlens[seq], len = cu_seqlens[seq + 1] - start;
+  const int q0 = tile * ROWS;
+  if (q0 >= len) return;  // uniform across the block
+
+  const int col0 = head * head_dim;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int ra = q0 + warp * 16 + g;
+  T* oh = out + (long)start * ldo + col0;
+#if VT_HAS_WGMMA
+  constexpr bool BF16 = !__is_same(T, vt_f16);
+  constexpr int CB = HD / 8, TILE = KEYS * HD;
+  // A ring of WG_STAGES tiles; tile j's K at smem + slot·2·TILE, its V right after.
+  extern __shared__ __align__(128) uint16_t smem[];
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
+  const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
+  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
+                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
+  const int num_tiles = (len + KEYS - 1) / KEYS;
+  auto k_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE; };
+  auto v_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE + TILE; };
+  using Fetch = BlockedTileFetch<HD, KEYS, 128 * WG>;
+  const Fetch fetch(head_dim);
+  auto stage = [&](int j) {
+    const int rows = min(KEYS, len - j * KEYS);
+    const uint16_t *kj = kh + (long)j * KEYS * ldk, *vj = vh + (long)j * KEYS * ldv;
+    if (vec) {
+      fetch.fetch(k_tile(j), kj, ldk, rows);
+      fetch.fetch(v_tile(j), vj, ldv, rows);
+    } else {
+      Fetch::fetch_unaligned(k_tile(j), kj, ldk, rows, head_dim);
+      Fetch::fetch_unaligned(v_tile(j), vj, ldv, rows, head_dim);
+    }
+    vt_async_commit();
+  };
+  // S = Q·K_jᵀ: HD/16 k-steps over the whole tile, issued (not waited for).
+  auto issue_scores = [&](float* s, const uint32_t (*qf)[4], int j) {
+    vt_wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      vt_wgmma<KEYS, BF16, 0>(s, qf[kk], vt_wgmma_desc(k_tile(j) + kk * 128, 128, CB * 128), kk > 0);
+  };
+  // O += P·V_j: KEYS/16 k-steps, each 16 keys (two row blocks) × HD.
+  auto issue_values = [&](float* o, const uint32_t (*pa)[4], int j) {
+    vt_wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; ++kk)
+      vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(j) + kk * 2 * CB * 64, CB * 128, 128), 1);
+  };
+
+  stage(0);
+  if (num_tiles > 1) stage(1);
+  uint32_t qf[HD / 16][4];
+  load_q<T, HD>(qf, q + (long)start * ldq + col0, ldq, ra, len, head_dim, t);
+  float o[HD / 8][4], s[KEYS / 8][4];
+  float m[2] = {vt_neg_inf(), vt_neg_inf()}, l[2] = {0.0f, 0.0f}, resc[2];
+  uint32_t pa[KEYS / 16][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+
+  vt_async_wait<0>();
+  vt_fence_async_smem();
+  __syncthreads();
+  issue_scores(&s[0][0], qf, 0);
+  vt_wgmma_commit();
+  vt_wgmma_wait<0>();
+  vt_wgmma_hold<KEYS / 2>(&s[0][0]);
+  softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len), t, scale_log2);
+  pack_p<T, KEYS>(s, pa);
+
+  // Iteration j: P_j is ready. Q·K_{j+1}ᵀ and P_j·V_j run on the tensor
+  // cores while this warpgroup computes the softmax of tile j + 1; O is
+  // rescaled once P_j·V_j has landed. Tile j + 1 was fetched during
+  // iteration j - 1; tile j + 2 is fetched now into the slot of tile j - 1,
+  // which every warpgroup finished with before the barrier. The last tile's
+  // P·V is peeled off so that every iteration commits the same two groups:
+  // ptxas proves from that that the softmax never touches registers of an
+  // MMA in flight (otherwise it serializes every wgmma).
+  for (int j = 0; j + 1 < num_tiles; ++j) {
+    vt_async_wait<0>();
+    vt_fence_async_smem();
+    __syncthreads();
+    if (j + 2 < num_tiles) stage(j + 2);
+    issue_scores(&s[0][0], qf, j + 1);
+    vt_wgmma_commit();
+    issue_values(&o[0][0], pa, j);
+    vt_wgmma_commit();
+    vt_wgmma_wait<1>();
+    vt_wgmma_hold<KEYS / 2>(&s[0][0]);
+    softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len - (j + 1) * KEYS), t, scale_log2);
+    vt_wgmma_wait<0>();
+    vt_wgmma_hold<HD / 2>(&o[0][0]);
+    rescale_rows<HD>(o, resc);
+    pack_p<T, KEYS>(s, pa);  // P_j's registers are free once P_j·V_j has landed
+  }
+  issue_values(&o[0][0], pa, num_tiles - 1);
+  vt_wgmma_commit();
+  vt_wgmma_wait<0>();
+  vt_wgmma_hold<HD / 2>(&o[0][0]);
+  store_rows<T, HD>(oh, ldo, ra, len, head_dim, t, o, l);
+#else
+  (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale;
+  for (int h = 0; h < 2; ++h) {
+    const int r = ra + 8 * h;
+    if (r >= len) continue;
+    for (int c = t; c < head_dim; c += 4) oh[(long)r * ldo + c] = vt_from_f32<T>(vt_bits_to_f32(0x7fc00000u));
+  }
+#endif
+}
+
+// Entry points vt_flash_attention_wg_<dtype>_d<HD>: one shape per head dim,
+// chosen on an H100 with scripts/kernel_bench.py (docs/performance.md): K/V
+// tiles of 64 keys; three warpgroups (192 rows, one block per SM) at d80 and
+// d96, where sharing each K/V tile among more rows pays; two at d64 (two
+// blocks per SM) and at d128 (whose accumulators leave no registers for a
+// third). The host mirrors this table (HOPPER_TILES in vitrine-gpu's
+// backend.rs) to size the grid, the block and the shared memory.
+#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, MIN_BLOCKS)                                        \
+  VT_KERNEL VT_LAUNCH_BOUNDS(128 * WG, MIN_BLOCKS) vt_flash_attention_wg_##sfx##_d##HD(           \
+      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,            \
+      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) { \
+    flash_attention_wg<T, HD, 64, WG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,    \
+                                      max_seqlen, heads, head_dim, scale);                       \
+  }
+#define VT_FLASH_ATTENTION_WG_DIMS(sfx, T) \
+  VT_FLASH_ATTENTION_WG(sfx, T, 64, 2, 2)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, 1)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 96, 3, 1)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 128, 2, 1)
+VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
+VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

@@ -285,6 +285,86 @@ template <int N> VT_DEVICE void vt_async_wait() {
 }
 #endif
 
+// ---------------------------------------------------------------------------
+// Warpgroup MMA (NVIDIA Hopper, sm_90a only; VT_HAS_WGMMA is 0 everywhere
+// else, including the sm_80/sm_90 SASS and the PTX of the same fatbin).
+//
+// vt_wgmma<N, BF16, TRANS_B>(d, a, b_desc, accumulate): the four warps of a
+// warpgroup (128 consecutive threads) compute D[64×N] (+)= A[64×16]·B[16×N]
+// with fp32 accumulation, asynchronously. A comes from registers in the tile
+// MMA's A layout above, warp w of the group holding rows 16w..16w+15; D is
+// laid out as N/8 tile-MMA accumulators per warp (d[4j..4j+3] is n-tile j).
+// B is read from shared memory through a matrix descriptor (vt_wgmma_desc):
+// tiles made of 8×8 "core matrices" of 16-bit elements, each core matrix
+// 128 contiguous bytes (8 rows of 16 bytes), no swizzle. TRANS_B = 0 when the
+// 16-byte rows of a core matrix run along k (B is "K-major": Kᵀ tiles),
+// 1 when they run along n (a V tile read as B[key][dim]).
+//   lbo: bytes between core matrices adjacent along k,
+//   sbo: bytes between core matrices adjacent along n.
+// Issue order: vt_wgmma_fence() once the A/D registers are final, the MMAs,
+// vt_wgmma_commit(), vt_wgmma_wait<0>(), then vt_wgmma_hold(d) so the
+// compiler reads D only after the wait. Shared memory written by ordinary or
+// cp.async stores must pass vt_fence_async_smem() (then a barrier) first.
+// ---------------------------------------------------------------------------
+#if defined(VT_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define VT_HAS_WGMMA 1
+#else
+#define VT_HAS_WGMMA 0
+#endif
+
+#if VT_HAS_WGMMA
+VT_DEVICE uint64_t vt_wgmma_desc(const void* smem, uint32_t lbo, uint32_t sbo) {
+  const uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+  return (uint64_t)((addr & 0x3ffffu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3fffu) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3fffu) << 32);
+}
+VT_DEVICE void vt_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+VT_DEVICE void vt_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> VT_DEVICE void vt_wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int R> VT_DEVICE void vt_wgmma_hold(float* d) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+VT_DEVICE void vt_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Operand lists: N/2 accumulators, then the four A registers, the B
+// descriptor and the accumulate flag (as predicate p).
+#define VT_WG_REGS_N64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p"
+#define VT_WG_PRED_N64 "setp.ne.b32 p, %37, 0;\n"
+#define VT_WG_REGS_N80 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39}, {%40,%41,%42,%43}, %44, p"
+#define VT_WG_PRED_N80 "setp.ne.b32 p, %45, 0;\n"
+#define VT_WG_REGS_N96 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%48,%49,%50,%51}, %52, p"
+#define VT_WG_PRED_N96 "setp.ne.b32 p, %53, 0;\n"
+#define VT_WG_REGS_N128 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p"
+#define VT_WG_PRED_N128 "setp.ne.b32 p, %69, 0;\n"
+#define VT_WG_D8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), \
+    "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define VT_WG_OUT_N64(d) VT_WG_D8(d, 0), VT_WG_D8(d, 8), VT_WG_D8(d, 16), VT_WG_D8(d, 24)
+#define VT_WG_OUT_N80(d) VT_WG_OUT_N64(d), VT_WG_D8(d, 32)
+#define VT_WG_OUT_N96(d) VT_WG_OUT_N80(d), VT_WG_D8(d, 40)
+#define VT_WG_OUT_N128(d) VT_WG_OUT_N64(d), VT_WG_D8(d, 32), VT_WG_D8(d, 40), VT_WG_D8(d, 48), \
+    VT_WG_D8(d, 56)
+
+template <int N, bool BF16, int TRANS_B>
+VT_DEVICE void vt_wgmma(float* d, const uint32_t a[4], uint64_t b_desc, int accumulate);
+#define VT_WGMMA(N, BF16, TY, TRANS_B)                                                           \
+  template <>                                                                                    \
+  VT_DEVICE void vt_wgmma<N, BF16, TRANS_B>(float* d, const uint32_t a[4], uint64_t b_desc,     \
+                                            int accumulate) {                                    \
+    asm volatile("{\n.reg .pred p;\n" VT_WG_PRED_N##N "wgmma.mma_async.sync.aligned.m64n" #N     \
+                 "k16.f32." TY "." TY " " VT_WG_REGS_N##N ", 1, 1, " #TRANS_B ";\n}\n"           \
+                 : VT_WG_OUT_N##N(d)                                                             \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));   \
+  }
+#define VT_WGMMA_SHAPES(BF16, TY)                                                        \
+  VT_WGMMA(64, BF16, TY, 0) VT_WGMMA(64, BF16, TY, 1) VT_WGMMA(80, BF16, TY, 1)          \
+  VT_WGMMA(96, BF16, TY, 1) VT_WGMMA(128, BF16, TY, 0) VT_WGMMA(128, BF16, TY, 1)
+VT_WGMMA_SHAPES(false, "f16")
+VT_WGMMA_SHAPES(true, "bf16")
+#endif
+
 // Launch bounds: CUDA's second argument (minimum resident blocks per SM) has
 // a different meaning on HIP, so only the thread count is passed there.
 #if defined(VT_HIP)

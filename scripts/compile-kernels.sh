@@ -7,7 +7,8 @@
 #   scripts/compile-kernels.sh cuda|hip|all [OUTDIR]     (OUTDIR: target/kernels)
 #
 # Outputs, one set per source file NAME.cu:
-#   OUTDIR/cuda/NAME.fatbin          sm_80 + sm_90 SASS and compute_90 PTX
+#   OUTDIR/cuda/NAME.fatbin          sm_80 + sm_90a SASS and compute_90 PTX (sm_90a:
+#                                    the Hopper-only wgmma attention; see kernels/README.md)
 #   OUTDIR/cuda/NAME.compute_80.ptx  PTX for the driver to JIT on anything else
 #   OUTDIR/hip/NAME.<gfx>.co         one code object (v5) per AMD target
 #
@@ -143,7 +144,7 @@ compile_one() { # kind name arch
   case $kind in
     fatbin)
       "$NVCC" "${NVCC_FLAGS[@]}" --fatbin \
-        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
         -gencode arch=compute_90,code=compute_90 "$src" -o "$out.tmp" >"$log" 2>&1 || rc=$? ;;
     ptx) "$NVCC" "${NVCC_FLAGS[@]}" -ptx -arch=compute_80 "$src" -o "$out.tmp" >"$log" 2>&1 || rc=$? ;;
     hip) "$VT_HIP_CLANG" "${HIP_FLAGS[@]}" --offload-arch="$a" "$src" -o "$out.tmp" >"$log" 2>&1 || rc=$? ;;

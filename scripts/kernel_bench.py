@@ -53,11 +53,11 @@ class Module:
         return f if rc == 0 else None
 
 
-def launch(func, grid, block, args):
-    """args: (ctype value) list in kernel-signature order."""
+def launch(func, grid, block, args, smem=0):
+    """args: (ctype value) list in kernel-signature order; smem: dynamic shared bytes."""
     params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    check(CUDA.cuLaunchKernel(func, grid, 1, 1, block, 1, 1, 0, stream, params, None), "launch")
+    check(CUDA.cuLaunchKernel(func, grid, 1, 1, block, 1, 1, smem, stream, params, None), "launch")
 
 
 def ptr(t):
@@ -126,23 +126,29 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     padded = next(p for p in (32, 64, 80, 96, 128) if p >= d)
     # Entry points: vt_flash_attention_<dt>_d<HD>_m<MT> (4 tile groups), and
     # for experiments lab_d<HD>_g<G>m<MT>_b<min blocks> (G tile groups).
-    configs = [(f"vt_flash_attention_{sfx}_d{padded}_m{mt}", f"m{mt}", 4, mt) for mt in (1, 2)]
-    configs += [(f"lab_d{padded}_g{g}m{mt}_b{b}", f"g{g}m{mt}b{b}", g, mt)
+    # Each config: (name, tag, rows per block, threads, dynamic shared bytes).
+    configs = [(f"vt_flash_attention_{sfx}_d{padded}_m{mt}", f"m{mt}", 64 * mt, 128, 0) for mt in (1, 2)]
+    configs += [(f"lab_d{padded}_g{g}m{mt}_b{b}", f"g{g}m{mt}b{b}", 16 * g * mt, 32 * g, 0)
                 for g in (2, 4, 8) for mt in (1, 2) for b in (1, 2, 3, 4, 6)]
+    # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>, WG warpgroups (64·WG
+    # rows) per block and a ring of 3 K/V tiles of 64 keys in dynamic shared
+    # memory; WG per head dim as in kernels/attention.cu.
+    wg = {64: 2, 80: 3, 96: 3, 128: 2}[padded]
+    configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}", "wgmma", 64 * wg, 128 * wg, 6 * 64 * padded * 2))
     for label, mod in mods:
-        for fname, tag, groups, mt in configs:
+        for fname, tag, rows_per_block, threads, smem in configs:
             f = mod.function(fname)
             if f is None:
                 continue
+            if smem > 48 * 1024:
+                check(CUDA.cuFuncSetAttribute(f, 8, smem), "max dynamic shared memory")
             out = torch.empty(total, width, device=dev, dtype=dtype)
-            rows_per_block = 16 * groups * mt
-            threads = 32 * groups
             grid = seqs * heads * math.ceil(seqlen / rows_per_block)
             args = [ptr(q), ctypes.c_int32(3 * width), ptr(k), ctypes.c_int32(3 * width), ptr(v),
                     ctypes.c_int32(3 * width), ptr(out), ctypes.c_int32(width), ptr(cu),
                     ctypes.c_int32(seqs), ctypes.c_int32(seqlen), ctypes.c_int32(heads),
                     ctypes.c_int32(d), ctypes.c_float(scale)]
-            run = lambda: launch(f, grid, threads, args)
+            run = lambda: launch(f, grid, threads, args, smem)
             t = timed(run)
             run()
             torch.cuda.synchronize()
@@ -228,6 +234,7 @@ def main():
             ("RADIO-H 1024² b4", 4, 4106, 16, 80),
             ("InternViT-300M 448² b32", 32, 1025, 16, 64),
             ("RADIO-H 224² b1", 1, 206, 16, 80),
+            ("InternViT-6B 448² b8", 8, 1025, 25, 128),
         ]
         for name, seqs, n, h, d in cases:
             rows += attention_case(mods, name, seqs, n, h, d, torch.float16)

@@ -49,6 +49,9 @@ impl Drop for CudaBuffer {
     }
 }
 
+/// Dynamic shared memory a block may take without opting in.
+const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
+
 /// CUDA device, stream, kernels, cuBLAS and cuBLASLt handles.
 pub struct CudaRuntime {
     _device: CudaDevice,
@@ -65,6 +68,9 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, CudaFunction>>,
     name: String,
     warp: usize,
+    /// Compute capability 9.0 exactly: the fatbins' sm_90a image (with the
+    /// warpgroup-MMA attention) is the one this device runs.
+    hopper: bool,
     /// Small batches run as recorded CUDA graphs; off with
     /// `VITRINE_CUDA_GRAPHS=0` (for A/B comparisons).
     graphs: bool,
@@ -184,6 +190,16 @@ impl GpuRuntime for CudaRuntime {
         let warp = ctx
             .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)
             .map_err(|e| driver_err("warp size", e))? as usize;
+        let capability = |attr| {
+            ctx.attribute(attr)
+                .map_err(|e| driver_err("compute capability", e))
+        };
+        let hopper =
+            capability(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
+                == 9
+                && capability(
+                    drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                )? == 0;
         let mut modules = HashMap::new();
         for (stem, bytes) in FATBINS {
             let module = module_for(stem)
@@ -219,6 +235,7 @@ impl GpuRuntime for CudaRuntime {
             functions: Mutex::new(HashMap::new()),
             name: format!("cuda:{ordinal} ({name})"),
             warp,
+            hopper,
             graphs: !matches!(std::env::var("VITRINE_CUDA_GRAPHS").as_deref(), Ok("0")),
         })
     }
@@ -266,7 +283,32 @@ impl GpuRuntime for CudaRuntime {
         block: u32,
         args: &[KernelArg],
     ) -> Result<()> {
+        self.launch_shared(module, name, grid, block, 0, args)
+    }
+
+    fn has_warpgroup_mma(&self) -> bool {
+        self.hopper
+    }
+
+    fn launch_shared(
+        &self,
+        module: KernelModule,
+        name: &str,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
         let f = self.function(module, name)?;
+        if shared > STATIC_SHARED_LIMIT {
+            // Idempotent, and not a stream operation, so also fine while a
+            // graph is being recorded.
+            f.set_attribute(
+                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(|e| driver_err(&format!("{shared} bytes of shared memory for `{name}`"), e))?;
+        }
         let mut params: Vec<*mut c_void> = KernelArg::pointers(args);
         // SAFETY: argument types follow the kernel's extern "C" signature
         // (checked on the H100 by the op suite); `args` outlives the call,
@@ -276,7 +318,7 @@ impl GpuRuntime for CudaRuntime {
                 f.cu_function(),
                 (grid, 1, 1),
                 (block, 1, 1),
-                0,
+                shared,
                 self.stream.cu_stream(),
                 &mut params,
             )

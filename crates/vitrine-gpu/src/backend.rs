@@ -152,6 +152,13 @@ enum AttentionKernel {
     /// (`VITRINE_GPU_ATTENTION=wide`), so the op suite's small cases test
     /// the variant that large batches run.
     Wide,
+    /// Never the Hopper kernel (`VITRINE_GPU_ATTENTION=portable`): the
+    /// fused kernel every vendor runs, also on an H100.
+    Portable,
+    /// The Hopper (warpgroup MMA) kernel whatever the size, wherever it
+    /// applies (f16/bf16, head_dim 33..=128) (`VITRINE_GPU_ATTENTION=hopper`),
+    /// so the op suite's small cases test it; an error on a device without it.
+    Hopper,
 }
 
 /// Blocks of 128 query rows from which the fused kernel's larger tiles still
@@ -159,6 +166,15 @@ enum AttentionKernel {
 const FUSED_ENOUGH_BLOCKS: usize = 1024;
 /// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
 const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
+/// The Hopper kernel per padded head dim: warpgroups per block (64 query
+/// rows each), as instantiated in kernels/attention.cu.
+const HOPPER_TILES: [(usize, usize); 4] = [(64, 2), (80, 3), (96, 3), (128, 2)];
+/// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
+const HOPPER_KEYS: usize = 64;
+const HOPPER_STAGES: usize = 3;
+/// Blocks from which the Hopper kernel beats the fused one (H100: 512² batch
+/// 32 at d80 runs 3072 blocks, 8% faster; 224² batch 1 runs 32, 6% slower).
+const HOPPER_ENOUGH_BLOCKS: usize = 512;
 
 impl AttentionKernel {
     fn from_env() -> Result<Self> {
@@ -166,8 +182,10 @@ impl AttentionKernel {
             Err(_) | Ok("") | Ok("auto") => Ok(Self::Auto),
             Ok("reference") => Ok(Self::Reference),
             Ok("wide") => Ok(Self::Wide),
+            Ok("portable") => Ok(Self::Portable),
+            Ok("hopper") => Ok(Self::Hopper),
             Ok(other) => Err(Error::InvalidArgument(format!(
-                "VITRINE_GPU_ATTENTION={other}: expected auto, reference or wide"
+                "VITRINE_GPU_ATTENTION={other}: expected auto, reference, wide, portable or hopper"
             ))),
         }
     }
@@ -788,7 +806,39 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             .attention
             .fused_head_dim(q.dtype, head_dim)
             .filter(|_| scale > 0.0);
-        if let Some(padded) = fused {
+        let hopper = fused.and_then(|padded| {
+            let (_, wg) = HOPPER_TILES.into_iter().find(|&(d, _)| d == padded)?;
+            let blocks = seqs.len() * heads * seqs.max_len().div_ceil(64 * wg);
+            let wanted = match self.attention {
+                AttentionKernel::Hopper => true,
+                AttentionKernel::Auto => blocks >= HOPPER_ENOUGH_BLOCKS,
+                _ => false,
+            };
+            (wanted && self.rt.has_warpgroup_mma()).then_some((padded, wg, blocks))
+        });
+        if self.attention == AttentionKernel::Hopper && !self.rt.has_warpgroup_mma() {
+            return Err(Error::NotSupported {
+                op:
+                    "VITRINE_GPU_ATTENTION=hopper (warpgroup-MMA attention, compute capability 9.0)",
+                backend: self.name(),
+            });
+        }
+        if let Some((padded, wg, blocks)) = hopper {
+            let grid = u32::try_from(blocks).map_err(|_| {
+                Error::InvalidArgument(format!("attention grid of {blocks} blocks is too large"))
+            })?;
+            let shared =
+                (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * q.dtype.size_in_bytes()) as u32;
+            let name = format!("vt_flash_attention_wg_{}_d{padded}", suffix(q.dtype));
+            self.rt.launch_shared(
+                KernelModule::Attention,
+                &name,
+                grid,
+                128 * wg as u32,
+                shared,
+                &args,
+            )?;
+        } else if let Some(padded) = fused {
             // One block per (sequence, head, query tile) of 4 tile groups:
             // two m-tiles per group (128 rows) share each K/V fragment among
             // more queries, which pays from head dim 80 up on big grids

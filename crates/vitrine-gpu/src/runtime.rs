@@ -156,6 +156,34 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
         args: &[KernelArg],
     ) -> Result<()>;
 
+    /// Launches `name` like [`GpuRuntime::launch`], with `shared` bytes of
+    /// dynamic shared memory per block (beyond the 48 KiB default where the
+    /// device allows it).
+    fn launch_shared(
+        &self,
+        module: KernelModule,
+        name: &str,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        if shared == 0 {
+            return self.launch(module, name, grid, block, args);
+        }
+        Err(vitrine_core::Error::NotSupported {
+            op: "kernel launch with dynamic shared memory",
+            backend: self.name(),
+        })
+    }
+
+    /// Whether the attention kernels built on Hopper's warpgroup MMA
+    /// (`vt_flash_attention_wg_*`, whose bodies exist only in the sm_90a
+    /// image) run on this device.
+    fn has_warpgroup_mma(&self) -> bool {
+        false
+    }
+
     /// Runs a GEMM.
     fn gemm(&self, g: &Gemm) -> Result<()>;
 
