@@ -133,8 +133,9 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>, WG warpgroups (64·WG
     # rows) per block and a ring of 3 K/V tiles of 64 keys in dynamic shared
     # memory; WG per head dim as in kernels/attention.cu.
-    wg = {64: 2, 80: 3, 96: 3, 128: 2}[padded]
-    configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}", "wgmma", 64 * wg, 128 * wg, 6 * 64 * padded * 2))
+    wg = {64: 2, 80: 3}.get(padded, 0)
+    if wg:
+        configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}", "wgmma", 64 * wg, 128 * wg, 6 * 64 * padded * 2))
     for label, mod in mods:
         for fname, tag, rows_per_block, threads, smem in configs:
             f = mod.function(fname)

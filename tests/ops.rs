@@ -358,7 +358,7 @@ fn attention_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
         (&[33], 2, 80),
         (&[20, 7], 1, 128),
         (&[197], 2, 12),
-        (&[300, 130], 2, 96),
+        (&[300, 130], 2, 80),
         (&[70, 9], 3, 60),
     ];
     for (lengths, heads, dh) in shapes {

@@ -156,7 +156,7 @@ enum AttentionKernel {
     /// fused kernel every vendor runs, also on an H100.
     Portable,
     /// The Hopper (warpgroup MMA) kernel whatever the size, wherever it
-    /// applies (f16/bf16, head_dim 33..=128) (`VITRINE_GPU_ATTENTION=hopper`),
+    /// applies (f16/bf16, head_dim 33..=80) (`VITRINE_GPU_ATTENTION=hopper`),
     /// so the op suite's small cases test it; an error on a device without it.
     Hopper,
 }
@@ -168,7 +168,7 @@ const FUSED_ENOUGH_BLOCKS: usize = 1024;
 const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
 /// The Hopper kernel per padded head dim: warpgroups per block (64 query
 /// rows each), as instantiated in kernels/attention.cu.
-const HOPPER_TILES: [(usize, usize); 4] = [(64, 2), (80, 3), (96, 3), (128, 2)];
+const HOPPER_TILES: [(usize, usize); 2] = [(64, 2), (80, 3)];
 /// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
 const HOPPER_KEYS: usize = 64;
 const HOPPER_STAGES: usize = 3;
