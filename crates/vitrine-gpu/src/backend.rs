@@ -166,15 +166,40 @@ enum AttentionKernel {
 const FUSED_ENOUGH_BLOCKS: usize = 1024;
 /// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
 const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
-/// The Hopper kernel per padded head dim: warpgroups per block (64 query
-/// rows each), as instantiated in kernels/attention.cu.
-const HOPPER_TILES: [(usize, usize); 2] = [(64, 2), (80, 3)];
+/// One shape of the Hopper (warpgroup-MMA) attention kernel.
+#[derive(Clone, Copy)]
+struct HopperTile {
+    /// Padded head dim (`d<N>` suffix).
+    head_dim: usize,
+    /// Warpgroups per block, 64 query rows each.
+    warpgroups: usize,
+    /// Blocks from which it beats the portable fused kernel.
+    min_blocks: usize,
+}
+
+/// The Hopper kernel per padded head dim, as instantiated in
+/// kernels/attention.cu: warpgroups per block (64 query rows each), and the
+/// blocks from which it beats the portable fused kernel. H100, d80 (3
+/// warpgroups, one block per SM): 96 blocks (512² batch 1) 0.040 against
+/// 0.050 ms, 32 blocks (224² batch 1) 0.016 against 0.012. d64 (2 warpgroups,
+/// two blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
+/// blocks (448² batch 1) 0.044 against 0.041; nothing measured in between.
+const HOPPER_TILES: [HopperTile; 2] = [
+    HopperTile {
+        head_dim: 64,
+        warpgroups: 2,
+        min_blocks: 512,
+    },
+    HopperTile {
+        head_dim: 80,
+        warpgroups: 3,
+        min_blocks: 64,
+    },
+];
+
 /// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
 const HOPPER_KEYS: usize = 64;
 const HOPPER_STAGES: usize = 3;
-/// Blocks from which the Hopper kernel beats the fused one (H100: 512² batch
-/// 32 at d80 runs 3072 blocks, 8% faster; 224² batch 1 runs 32, 6% slower).
-const HOPPER_ENOUGH_BLOCKS: usize = 512;
 
 impl AttentionKernel {
     fn from_env() -> Result<Self> {
@@ -807,11 +832,12 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             .fused_head_dim(q.dtype, head_dim)
             .filter(|_| scale > 0.0);
         let hopper = fused.and_then(|padded| {
-            let (_, wg) = HOPPER_TILES.into_iter().find(|&(d, _)| d == padded)?;
+            let tile = HOPPER_TILES.into_iter().find(|t| t.head_dim == padded)?;
+            let wg = tile.warpgroups;
             let blocks = seqs.len() * heads * seqs.max_len().div_ceil(64 * wg);
             let wanted = match self.attention {
                 AttentionKernel::Hopper => true,
-                AttentionKernel::Auto => blocks >= HOPPER_ENOUGH_BLOCKS,
+                AttentionKernel::Auto => blocks >= tile.min_blocks,
                 _ => false,
             };
             (wanted && self.rt.has_warpgroup_mma()).then_some((padded, wg, blocks))
