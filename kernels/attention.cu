@@ -437,21 +437,22 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // ---------------------------------------------------------------------------
 // Fused attention on Hopper's warpgroup MMA (sm_90a): the kernel above with
 // its two products moved from per-warp `mma.sync` to `wgmma`, which reads K
-// and V straight from shared memory and runs asynchronously at about twice
-// the tensor throughput. Everything else is shared: Q fragments, the
-// online softmax (softmax_tile) and the output (store_rows), so the numerics
-// are the same contract: fp32 scores and statistics, P rounded to T, fp32
-// accumulation of P·V.
+// and V straight from shared memory, runs asynchronously, and is the only
+// path to Hopper's full tensor throughput. Everything else is shared: Q
+// fragments, the online softmax (softmax_tile) and the output (store_rows),
+// so the numerics are the same contract: fp32 scores and statistics, P
+// rounded to T, fp32 accumulation of P·V.
 //
 // A block of WG warpgroups owns 64·WG query rows of one (sequence, head);
 // warp w holds rows 16w..16w+15 (the tile-MMA rows of the kernel above).
-// K and V tiles of KEYS keys are double-buffered in dynamic shared memory as
-// 8×8 core matrices (see vt_wgmma): core (row block rb, column block cb) of
-// a KEYS × HD tile sits at byte (rb · HD/8 + cb) · 128. The same bytes are
-// Kᵀ's K-major B operand for S = Q·Kᵀ and V's n-major one for O += P·V.
+// K and V tiles of KEYS keys sit in a ring of WG_STAGES slots in dynamic
+// shared memory, as 8×8 core matrices (see vt_wgmma): core (row block rb,
+// column block cb) of a KEYS × HD tile sits at byte (rb · HD/8 + cb) · 128.
+// The same bytes are Kᵀ's K-major B operand for S = Q·Kᵀ and V's n-major
+// one for O += P·V.
 //
 // Launch: block = 128·WG threads, dynamic shared memory
-// vt_flash_attention_wg_smem(HD, KEYS) bytes, grid as for the kernel above
+// WG_STAGES · 2 · KEYS · HD · 2 bytes, grid as for the kernel above
 // with 64·WG rows per block. Only the sm_90a image has the body; elsewhere
 // the entry points exist (every image exports the same names) and write NaN
 // to the rows they own, so a launch that slipped past the host's device
