@@ -303,9 +303,12 @@ impl GpuRuntime for CudaRuntime {
         if shared > STATIC_SHARED_LIMIT {
             // Idempotent, and not a stream operation, so also fine while a
             // graph is being recorded.
+            let bytes = i32::try_from(shared).map_err(|_| {
+                Error::InvalidArgument(format!("{shared} bytes of shared memory for `{name}`"))
+            })?;
             f.set_attribute(
                 drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared as i32,
+                bytes,
             )
             .map_err(|e| driver_err(&format!("{shared} bytes of shared memory for `{name}`"), e))?;
         }
