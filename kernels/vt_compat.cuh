@@ -59,14 +59,25 @@ VT_DEVICE vt_f16 vt_f32_to_f16(float f) { return __float2half_rn(f); }
 // Exact: a bf16 is the top half of an f32.
 VT_DEVICE float vt_bf16_to_f32(vt_bf16 b) { return vt_bits_to_f32((uint32_t)b << 16); }
 
-// Round to nearest, ties to even, as PyTorch and `half` do. A NaN keeps its
-// sign and gets the quiet bit, so it cannot collapse into an infinity.
+// Round to nearest, ties to even, as PyTorch and `half` do; a NaN stays a
+// NaN and never collapses into an infinity. On CUDA that is one instruction
+// (sm_80+, the conversion PyTorch's own CUDA kernels use); elsewhere the
+// same rounding on the bits, where a NaN keeps its sign and gets the quiet
+// bit (CUDA's instruction returns the canonical NaN instead).
+#if defined(VT_HIP)
 VT_DEVICE vt_bf16 vt_f32_to_bf16(float f) {
   uint32_t u = vt_f32_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (vt_bf16)((u >> 16) | 0x0040u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return (vt_bf16)(u >> 16);
 }
+#else
+VT_DEVICE vt_bf16 vt_f32_to_bf16(float f) {
+  uint16_t b;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
+  return b;
+}
+#endif
 
 // ---------------------------------------------------------------------------
 // Math. Both vendors provide these names for device code; routing them
