@@ -20,6 +20,13 @@ else
 fi
 chmod +x "$BIN"
 "$BIN" --device cuda:0 --dtype f16 | tee "$LOGS/vitrine_bench.jsonl"
+# bf16 where the baseline has bf16 figures: SDPA at the fp16 cases' batch and
+# torch.compile at 512² batch 16.
+{
+  "$BIN" --device cuda:0 --dtype bf16 --filter radio_h_512x512
+  "$BIN" --device cuda:0 --dtype bf16 --filter radio_h_512x512 --batch 16
+  "$BIN" --device cuda:0 --dtype bf16 --filter internvit
+} | tee "$LOGS/vitrine_bench_bf16.jsonl"
 BASELINE_OUT=$LOGS python3 "$REPO/scripts/torch_baseline.py" > "$LOGS/torch.log" 2>&1
 python3 - "$LOGS" <<'PY'
 import json, sys
@@ -44,4 +51,20 @@ for case, unit, ref, key in rows:
     theirs = ref[key]
     ratio = theirs / mine if key == "ms" else mine / theirs
     print(f"| {case} ({unit}) | {mine:.1f} | {theirs:.1f} | {ratio:.3f}× |")
+
+bf16 = {r["case"]: r for r in map(json.loads, open(f"{logs}/vitrine_bench_bf16.jsonl"))}
+def b(kind, compiled=False, **kw):
+    for r in torch:
+        if compiled and r.get("kind") == "radio_compiled" and r.get("dtype") == "bf16" and all(r.get(k) == v for k, v in kw.items()):
+            return r
+        if not compiled and r.get("kind") == kind and r.get("dtype") == "torch.bfloat16" and r.get("attn", "sdpa") == "sdpa" and all(r.get(k) == v for k, v in kw.items()):
+            return r
+print("\n| case (bf16, images/s) | vitrine | PyTorch | ratio |\n|---|---|---|---|")
+for case, label, ref in [("radio_h_512x512_b32", "HF SDPA", b("radio", batch=32, h=512, w=512)),
+                         ("radio_h_512x512_b16", "torch.compile", b("radio", compiled=True, batch=16, h=512, w=512)),
+                         ("internvit_300m_448x448_b32", "HF SDPA", b("internvl", batch=32, size=448))]:
+    o = bf16.get(case)
+    if not o or not ref:
+        print(f"| {case} vs {label} | missing | missing | |"); continue
+    print(f"| {case} vs {label} | {o['img_s']:.1f} | {ref['img_s']:.1f} | {o['img_s'] / ref['img_s']:.3f}× |")
 PY

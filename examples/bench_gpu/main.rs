@@ -50,6 +50,10 @@ struct Args {
     /// device's kind, CPU or GPU).
     #[arg(long)]
     filter: Option<String>,
+    /// Batch size for every selected case instead of its own (to match a
+    /// baseline run at another batch, e.g. torch.compile's 16 at 512²).
+    #[arg(long)]
+    batch: Option<usize>,
     /// CPU threads for every op and GEMM (default: rayon's, i.e.
     /// `RAYON_NUM_THREADS` or all logical CPUs).
     #[arg(long)]
@@ -307,6 +311,7 @@ fn main() -> Result<()> {
         (&RADIO_B, 224, 224, 8, true),
     ];
     for (shape, h, w, b, cpu_case) in cases {
+        let b = args.batch.unwrap_or(b);
         let name = format!("{}_{h}x{w}_b{b}", shape.name);
         let wanted = match &args.filter {
             Some(f) => name.contains(f.as_str()),
