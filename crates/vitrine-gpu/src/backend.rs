@@ -7,6 +7,7 @@ use vitrine_core::{
     ResizeSpec, Result, SeqLayout, TensorInfo,
 };
 
+use crate::attention::{self, AttentionKernel, Plan};
 use crate::profile::{OpProfile, Timed};
 use crate::runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
@@ -136,91 +137,6 @@ struct GpuReplay<R: GpuRuntime> {
 impl<R: GpuRuntime> Replay for GpuReplay<R> {
     fn replay(&self) -> Result<()> {
         self.graph.replay()
-    }
-}
-
-/// Which attention kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AttentionKernel {
-    /// The fused tensor-core kernel for f16/bf16 with head_dim <= 128, the
-    /// reference kernel otherwise (f32 keeps exact fp32 products).
-    Auto,
-    /// Always the reference kernel (`VITRINE_GPU_ATTENTION=reference`): the
-    /// yardstick the fused kernel is checked against.
-    Reference,
-    /// The fused kernel's 128-row tiles whatever the size
-    /// (`VITRINE_GPU_ATTENTION=wide`), so the op suite's small cases test
-    /// the variant that large batches run.
-    Wide,
-    /// Never the Hopper kernel (`VITRINE_GPU_ATTENTION=portable`): the
-    /// fused kernel every vendor runs, also on an H100.
-    Portable,
-    /// The Hopper (warpgroup MMA) kernel whatever the size, wherever it
-    /// applies (f16/bf16, head_dim 33..=80) (`VITRINE_GPU_ATTENTION=hopper`),
-    /// so the op suite's small cases test it; an error on a device without it.
-    Hopper,
-}
-
-/// Blocks of 128 query rows from which the fused kernel's larger tiles still
-/// fill a large GPU (132 SMs on an H100) several times over.
-const FUSED_ENOUGH_BLOCKS: usize = 1024;
-/// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
-const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
-/// One shape of the Hopper (warpgroup-MMA) attention kernel.
-#[derive(Clone, Copy)]
-struct HopperTile {
-    /// Padded head dim (`d<N>` suffix).
-    head_dim: usize,
-    /// Warpgroups per block, 64 query rows each.
-    warpgroups: usize,
-    /// Blocks from which it beats the portable fused kernel.
-    min_blocks: usize,
-}
-
-/// The Hopper kernel per padded head dim, as instantiated in
-/// kernels/attention.cu: warpgroups per block (64 query rows each), and the
-/// blocks from which it beats the portable fused kernel. H100, d80 (3
-/// warpgroups, one block per SM): 96 blocks (512² batch 1) 0.040 against
-/// 0.050 ms, 32 blocks (224² batch 1) 0.016 against 0.012. d64 (2 warpgroups,
-/// two blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
-/// blocks (448² batch 1) 0.044 against 0.041; nothing measured in between.
-const HOPPER_TILES: [HopperTile; 2] = [
-    HopperTile {
-        head_dim: 64,
-        warpgroups: 2,
-        min_blocks: 512,
-    },
-    HopperTile {
-        head_dim: 80,
-        warpgroups: 3,
-        min_blocks: 64,
-    },
-];
-
-/// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
-const HOPPER_KEYS: usize = 64;
-const HOPPER_STAGES: usize = 3;
-
-impl AttentionKernel {
-    fn from_env() -> Result<Self> {
-        match std::env::var("VITRINE_GPU_ATTENTION").as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(Self::Auto),
-            Ok("reference") => Ok(Self::Reference),
-            Ok("wide") => Ok(Self::Wide),
-            Ok("portable") => Ok(Self::Portable),
-            Ok("hopper") => Ok(Self::Hopper),
-            Ok(other) => Err(Error::InvalidArgument(format!(
-                "VITRINE_GPU_ATTENTION={other}: expected auto, reference, wide, portable or hopper"
-            ))),
-        }
-    }
-
-    /// The instantiated head dim the fused kernel would pad `head_dim` to.
-    fn fused_head_dim(self, dtype: DType, head_dim: usize) -> Option<usize> {
-        if self == Self::Reference || dtype == DType::F32 {
-            return None;
-        }
-        FUSED_HEAD_DIMS.into_iter().find(|&d| d >= head_dim)
     }
 }
 
@@ -827,78 +743,54 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             int(head_dim, "head_dim")?,
             KernelArg::F32(scale),
         ];
-        let fused = self
-            .attention
-            .fused_head_dim(q.dtype, head_dim)
-            .filter(|_| scale > 0.0);
-        let hopper = fused.and_then(|padded| {
-            let tile = HOPPER_TILES.into_iter().find(|t| t.head_dim == padded)?;
-            let wg = tile.warpgroups;
-            let blocks = seqs.len() * heads * seqs.max_len().div_ceil(64 * wg);
-            let wanted = match self.attention {
-                AttentionKernel::Hopper => true,
-                AttentionKernel::Auto => blocks >= tile.min_blocks,
-                _ => false,
-            };
-            (wanted && self.rt.has_warpgroup_mma()).then_some((padded, wg, blocks))
-        });
-        if self.attention == AttentionKernel::Hopper && !self.rt.has_warpgroup_mma() {
-            return Err(Error::NotSupported {
-                op:
-                    "VITRINE_GPU_ATTENTION=hopper (warpgroup-MMA attention, compute capability 9.0)",
-                backend: self.name(),
-            });
-        }
-        if let Some((padded, wg, blocks)) = hopper {
-            let grid = u32::try_from(blocks).map_err(|_| {
-                Error::InvalidArgument(format!("attention grid of {blocks} blocks is too large"))
-            })?;
-            let shared =
-                (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * q.dtype.size_in_bytes()) as u32;
-            let name = format!("vt_flash_attention_wg_{}_d{padded}", suffix(q.dtype));
-            self.rt.launch_shared(
-                KernelModule::Attention,
-                &name,
-                grid,
-                128 * wg as u32,
+        let plan = attention::plan(
+            self.attention,
+            &attention::Call {
+                dtype: q.dtype,
+                head_dim,
+                scale,
+                seqs: seqs.len(),
+                max_len: seqs.max_len(),
+                heads,
+            },
+            self.rt.has_warpgroup_mma(),
+        )
+        .map_err(|op| Error::NotSupported {
+            op,
+            backend: self.name(),
+        })?;
+        match plan {
+            Plan::Tiled {
+                name,
+                blocks,
+                threads,
                 shared,
-                &args,
-            )?;
-        } else if let Some(padded) = fused {
-            // One block per (sequence, head, query tile) of 4 tile groups:
-            // two m-tiles per group (128 rows) share each K/V fragment among
-            // more queries, which pays from head dim 80 up on big grids
-            // (H100, d80: 1024² batch 4, 20% faster; 512² batch 32, 2%, with
-            // 10% padded rows on the last tile); one (64 rows) keeps a small
-            // batch from leaving most of the GPU idle, and at d64 its lighter
-            // registers (4 blocks per SM) win (InternViT 448² batch 32: 4–8%).
-            let blocks = |mt: usize| seqs.len() * heads * seqs.max_len().div_ceil(64 * mt);
-            let wide = self.attention == AttentionKernel::Wide;
-            let mt = if wide || (padded >= 80 && blocks(2) >= FUSED_ENOUGH_BLOCKS) {
-                2
-            } else {
-                1
-            };
-            let grid = u32::try_from(blocks(mt)).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "attention grid of {} blocks is too large",
-                    blocks(mt)
-                ))
-            })?;
-            let name = format!("vt_flash_attention_{}_d{padded}_m{mt}", suffix(q.dtype));
-            self.rt
-                .launch(KernelModule::Attention, &name, grid, 128, &args)?;
-        } else {
-            let block = self.block(128);
-            let warps = block as usize / self.rt.warp_size().max(1);
-            let name = format!("vt_attention_{}", suffix(q.dtype));
-            self.rt.launch(
-                KernelModule::Attention,
-                &name,
-                Self::grid(total * heads, warps),
-                block,
-                &args,
-            )?;
+            } => {
+                let grid = u32::try_from(blocks).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "attention grid of {blocks} blocks is too large"
+                    ))
+                })?;
+                self.rt.launch_shared(
+                    KernelModule::Attention,
+                    &name,
+                    grid,
+                    threads,
+                    shared,
+                    &args,
+                )?;
+            }
+            Plan::Reference { name } => {
+                let block = self.block(128);
+                let warps = block as usize / self.rt.warp_size().max(1);
+                self.rt.launch(
+                    KernelModule::Attention,
+                    &name,
+                    Self::grid(total * heads, warps),
+                    block,
+                    &args,
+                )?;
+            }
         }
         Ok(out)
     }

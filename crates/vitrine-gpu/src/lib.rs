@@ -7,6 +7,7 @@
 //! suffixes and shape checks therefore cannot drift between vendors.
 #![warn(missing_docs)]
 
+mod attention;
 mod backend;
 mod profile;
 mod runtime;

@@ -1,0 +1,291 @@
+//! Which attention kernel a call runs, and its launch shape: the reference
+//! kernel, the portable fused one (every vendor) or, on Hopper, the
+//! warpgroup-MMA one. A pure function of the call's shape, the mode and the
+//! device's capability, so the choice is unit-tested without a GPU.
+
+use vitrine_core::{DType, Error, Result};
+
+/// Which attention kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttentionKernel {
+    /// The fused tensor-core kernel for f16/bf16 with head_dim <= 128, the
+    /// reference kernel otherwise (f32 keeps exact fp32 products).
+    Auto,
+    /// Always the reference kernel (`VITRINE_GPU_ATTENTION=reference`): the
+    /// yardstick the fused kernel is checked against.
+    Reference,
+    /// The fused kernel's 128-row tiles whatever the size
+    /// (`VITRINE_GPU_ATTENTION=wide`), so the op suite's small cases test
+    /// the variant that large batches run.
+    Wide,
+    /// Never the Hopper kernel (`VITRINE_GPU_ATTENTION=portable`): the
+    /// fused kernel every vendor runs, also on an H100.
+    Portable,
+    /// The Hopper (warpgroup MMA) kernel whatever the size, wherever it
+    /// applies (f16/bf16, head_dim 33..=80) (`VITRINE_GPU_ATTENTION=hopper`),
+    /// so the op suite's small cases test it; an error on a device without it.
+    Hopper,
+}
+
+/// Blocks of 128 query rows from which the fused kernel's larger tiles still
+/// fill a large GPU (132 SMs on an H100) several times over.
+const FUSED_ENOUGH_BLOCKS: usize = 1024;
+/// Head dims the fused kernel is instantiated for (`d<N>` suffixes).
+const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
+/// One shape of the Hopper (warpgroup-MMA) attention kernel.
+#[derive(Clone, Copy)]
+struct HopperTile {
+    /// Padded head dim (`d<N>` suffix).
+    head_dim: usize,
+    /// Warpgroups per block, 64 query rows each.
+    warpgroups: usize,
+    /// Blocks from which it beats the portable fused kernel.
+    min_blocks: usize,
+}
+
+/// The Hopper kernel per padded head dim, as instantiated in
+/// kernels/attention.cu: warpgroups per block (64 query rows each), and the
+/// blocks from which it beats the portable fused kernel. H100, d80 (3
+/// warpgroups, one block per SM): 96 blocks (512² batch 1) 0.040 against
+/// 0.050 ms, 32 blocks (224² batch 1) 0.016 against 0.012. d64 (2 warpgroups,
+/// two blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
+/// blocks (448² batch 1) 0.044 against 0.041; nothing measured in between.
+const HOPPER_TILES: [HopperTile; 2] = [
+    HopperTile {
+        head_dim: 64,
+        warpgroups: 2,
+        min_blocks: 512,
+    },
+    HopperTile {
+        head_dim: 80,
+        warpgroups: 3,
+        min_blocks: 64,
+    },
+];
+
+/// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
+const HOPPER_KEYS: usize = 64;
+const HOPPER_STAGES: usize = 3;
+
+impl AttentionKernel {
+    pub(crate) fn from_env() -> Result<Self> {
+        match std::env::var("VITRINE_GPU_ATTENTION").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Self::Auto),
+            Ok("reference") => Ok(Self::Reference),
+            Ok("wide") => Ok(Self::Wide),
+            Ok("portable") => Ok(Self::Portable),
+            Ok("hopper") => Ok(Self::Hopper),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "VITRINE_GPU_ATTENTION={other}: expected auto, reference, wide, portable or hopper"
+            ))),
+        }
+    }
+
+    /// The instantiated head dim the fused kernel would pad `head_dim` to.
+    fn fused_head_dim(self, dtype: DType, head_dim: usize) -> Option<usize> {
+        if self == Self::Reference || dtype == DType::F32 {
+            return None;
+        }
+        FUSED_HEAD_DIMS.into_iter().find(|&d| d >= head_dim)
+    }
+}
+
+/// The shape of one attention call, as far as the kernel choice goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    pub dtype: DType,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// Sequences in the packed layout, and the longest one.
+    pub seqs: usize,
+    pub max_len: usize,
+    pub heads: usize,
+}
+
+/// What to launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// A tiled kernel: one block per (sequence, head, query tile).
+    Tiled {
+        name: String,
+        blocks: usize,
+        threads: u32,
+        /// Dynamic shared memory per block, bytes.
+        shared: u32,
+    },
+    /// The reference kernel (grid-stride over (row, head) pairs; the caller
+    /// sizes it to the device's wave).
+    Reference { name: String },
+}
+
+/// Picks the kernel for `call`. The error is the unsupported request
+/// (`VITRINE_GPU_ATTENTION=hopper` on a device without warpgroup MMA).
+pub(crate) fn plan(
+    mode: AttentionKernel,
+    call: &Call,
+    has_warpgroup_mma: bool,
+) -> std::result::Result<Plan, &'static str> {
+    if mode == AttentionKernel::Hopper && !has_warpgroup_mma {
+        return Err(
+            "VITRINE_GPU_ATTENTION=hopper (warpgroup-MMA attention, compute capability 9.0)",
+        );
+    }
+    let dt = call.dtype.as_str();
+    let Some(padded) = mode
+        .fused_head_dim(call.dtype, call.head_dim)
+        .filter(|_| call.scale > 0.0)
+    else {
+        return Ok(Plan::Reference {
+            name: format!("vt_attention_{dt}"),
+        });
+    };
+    // Blocks of `rows` query rows over every (sequence, head).
+    let blocks = |rows: usize| call.seqs * call.heads * call.max_len.div_ceil(rows);
+    if has_warpgroup_mma && matches!(mode, AttentionKernel::Auto | AttentionKernel::Hopper) {
+        if let Some(tile) = HOPPER_TILES.into_iter().find(|t| t.head_dim == padded) {
+            let n = blocks(64 * tile.warpgroups);
+            if mode == AttentionKernel::Hopper || n >= tile.min_blocks {
+                return Ok(Plan::Tiled {
+                    name: format!("vt_flash_attention_wg_{dt}_d{padded}"),
+                    blocks: n,
+                    threads: 128 * tile.warpgroups as u32,
+                    shared: (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes())
+                        as u32,
+                });
+            }
+        }
+    }
+    // The portable fused kernel, 4 tile groups per block: two m-tiles per
+    // group (128 rows) share each K/V fragment among more queries, which pays
+    // from head dim 80 up on big grids (H100, d80: 1024² batch 4, 20% faster;
+    // 512² batch 32, 2%, with 10% padded rows on the last tile); one (64
+    // rows) keeps a small batch from leaving most of the GPU idle, and at d64
+    // its lighter registers (4 blocks per SM) win (InternViT 448² batch 32:
+    // 4–8%).
+    let wide = mode == AttentionKernel::Wide;
+    let mt = if wide || (padded >= 80 && blocks(128) >= FUSED_ENOUGH_BLOCKS) {
+        2
+    } else {
+        1
+    };
+    Ok(Plan::Tiled {
+        name: format!("vt_flash_attention_{dt}_d{padded}_m{mt}"),
+        blocks: blocks(64 * mt),
+        threads: 128,
+        shared: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(dtype: DType, head_dim: usize, seqs: usize, max_len: usize, heads: usize) -> Call {
+        Call {
+            dtype,
+            head_dim,
+            scale: (head_dim as f32).powf(-0.5),
+            seqs,
+            max_len,
+            heads,
+        }
+    }
+
+    fn name(p: &Plan) -> &str {
+        match p {
+            Plan::Tiled { name, .. } | Plan::Reference { name } => name,
+        }
+    }
+
+    const AUTO: AttentionKernel = AttentionKernel::Auto;
+
+    #[test]
+    fn large_grids_take_the_hopper_kernel_only_where_it_runs() {
+        // RADIO-H 512² batch 32: 1034 tokens, 16 heads of 80.
+        let c = call(DType::F16, 80, 32, 1034, 16);
+        assert_eq!(
+            plan(AUTO, &c, true),
+            Ok(Plan::Tiled {
+                name: "vt_flash_attention_wg_f16_d80".into(),
+                blocks: 32 * 16 * 6,
+                threads: 384,
+                shared: 3 * 2 * 64 * 80 * 2,
+            })
+        );
+        assert_eq!(
+            plan(AUTO, &c, false),
+            Ok(Plan::Tiled {
+                name: "vt_flash_attention_f16_d80_m2".into(),
+                blocks: 32 * 16 * 9,
+                threads: 128,
+                shared: 0,
+            })
+        );
+        let p = plan(AttentionKernel::Portable, &c, true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_f16_d80_m2");
+        // InternViT-300M 448² batch 32 (d64, two warpgroups).
+        let p = plan(AUTO, &call(DType::BF16, 64, 32, 1025, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64");
+    }
+
+    #[test]
+    fn small_grids_keep_the_portable_kernel() {
+        // 224² batch 1 (32 blocks of 192 rows): below d80's 64.
+        let p = plan(AUTO, &call(DType::F16, 80, 1, 206, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_f16_d80_m1");
+        // 512² batch 1 (96 blocks) is above it.
+        let p = plan(AUTO, &call(DType::F16, 80, 1, 1034, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80");
+        // InternViT 448² batch 1 at d64: 144 blocks, below 512.
+        let p = plan(AUTO, &call(DType::F16, 64, 1, 1025, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_f16_d64_m1");
+        // Forced, even a tiny grid takes it.
+        let p = plan(
+            AttentionKernel::Hopper,
+            &call(DType::F16, 64, 1, 9, 1),
+            true,
+        )
+        .unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64");
+    }
+
+    #[test]
+    fn head_dims_pad_to_an_instantiated_kernel() {
+        let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80");
+        // No Hopper kernel at d128 (slower than the portable one) nor d96.
+        for d in [96, 128] {
+            let p = plan(
+                AttentionKernel::Hopper,
+                &call(DType::F16, d, 32, 1025, 25),
+                true,
+            )
+            .unwrap();
+            assert_eq!(name(&p), format!("vt_flash_attention_f16_d{d}_m2"));
+        }
+        let p = plan(AUTO, &call(DType::F16, 160, 1, 10, 1), true).unwrap();
+        assert_eq!(name(&p), "vt_attention_f16");
+    }
+
+    #[test]
+    fn f32_and_the_reference_mode_take_the_reference_kernel() {
+        let c = call(DType::F32, 80, 32, 1034, 16);
+        for mode in [AUTO, AttentionKernel::Hopper, AttentionKernel::Wide] {
+            assert_eq!(name(&plan(mode, &c, true).unwrap()), "vt_attention_f32");
+        }
+        let c = call(DType::F16, 80, 32, 1034, 16);
+        let p = plan(AttentionKernel::Reference, &c, true).unwrap();
+        assert_eq!(name(&p), "vt_attention_f16");
+        // A non-positive scale breaks the fused kernels' max-before-scale trick.
+        let c = Call { scale: -1.0, ..c };
+        assert_eq!(name(&plan(AUTO, &c, true).unwrap()), "vt_attention_f16");
+    }
+
+    #[test]
+    fn forcing_the_hopper_kernel_without_it_is_an_error() {
+        let c = call(DType::F16, 80, 32, 1034, 16);
+        assert!(plan(AttentionKernel::Hopper, &c, false).is_err());
+        let c = call(DType::F32, 80, 1, 10, 1);
+        assert!(plan(AttentionKernel::Hopper, &c, false).is_err());
+    }
+}
