@@ -633,7 +633,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 // d96 (unmeasured) or d128, where this kernel (two warpgroups; its
 // accumulators leave no registers for a third) was 8% slower than the
 // portable one. The host mirrors this table (HOPPER_TILES in vitrine-gpu's
-// backend.rs) to size the grid, the block and the shared memory.
+// attention.rs) to size the grid, the block and the shared memory.
 #define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, MIN_BLOCKS)                                        \
   VT_KERNEL VT_LAUNCH_BOUNDS(128 * WG, MIN_BLOCKS) vt_flash_attention_wg_##sfx##_d##HD(           \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,            \
