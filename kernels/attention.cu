@@ -291,6 +291,35 @@ VT_DEVICE void load_q(uint32_t (*qf)[4], const T* qh, int ldq, int ra, int len, 
   }
 }
 
+// The (sequence, head, query tile) a block of a fused kernel owns, with
+// tiles of `rows` query rows: block b takes tile b % tiles of head
+// (b / tiles) % heads of sequence b / (tiles · heads). False when the block
+// has nothing to do (past the last sequence, or its tile starts past the end
+// of its sequence); that is uniform across the block, so no barrier is then
+// skipped by some threads only.
+struct QueryTile {
+  int head, start, len, q0;  // sequence rows [start, start + len), tile rows from q0
+};
+VT_DEVICE bool locate_query_tile(int rows, const int* cu_seqlens, int num_seqs, int max_seqlen,
+                                 int heads, QueryTile& qt) {
+  const int tiles = (max_seqlen + rows - 1) / rows;
+  const int seq = blockIdx.x / (tiles * heads);
+  if (seq >= num_seqs) return false;
+  qt.head = (blockIdx.x / tiles) % heads;
+  qt.start = cu_seqlens[seq];
+  qt.len = cu_seqlens[seq + 1] - qt.start;
+  qt.q0 = (blockIdx.x % tiles) * rows;
+  return qt.q0 < qt.len;
+}
+
+// Whether a head's K and V slices allow 16-byte copies (rows and starts
+// aligned), else the tiles are fetched element by element.
+VT_DEVICE bool kv_vectorizable(const uint16_t* kh, const uint16_t* vh, int ldk, int ldv,
+                               int head_dim) {
+  return head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 && ((uintptr_t)kh % 16) == 0 &&
+         ((uintptr_t)vh % 16) == 0;
+}
+
 template <typename T, int HD, int GROUPS, int MT>
 VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out,
                                int ldo, const int* cu_seqlens, int num_seqs, int max_seqlen,
@@ -300,14 +329,9 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   __shared__ __align__(16) uint16_t ks[2][KEYS][HD + 8];
   __shared__ __align__(16) uint16_t vs[2][KEYS][HD + 8];
 
-  const int tiles = (max_seqlen + ROWS - 1) / ROWS;
-  const int tile = blockIdx.x % tiles;
-  const int head = (blockIdx.x / tiles) % heads;
-  const int seq = blockIdx.x / (tiles * heads);
-  if (seq >= num_seqs) return;
-  const int start = cu_seqlens[seq], len = cu_seqlens[seq + 1] - start;
-  const int q0 = tile * ROWS;
-  if (q0 >= len) return;  // uniform across the block: no barrier is skipped by some only
+  QueryTile qt;
+  if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
+  const int head = qt.head, start = qt.start, len = qt.len, q0 = qt.q0;
 
   const int col0 = head * head_dim;
   const int group = threadIdx.x / VT_MMA_GROUP, lane = threadIdx.x % VT_MMA_GROUP;
@@ -317,8 +341,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
 
   const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
   const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
-                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
+  const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim);
   const int num_tiles = (len + KEYS - 1) / KEYS;
   stage_tile<HD, KEYS>(ks[0], kh, ldk, min(KEYS, len), head_dim, vec);
   stage_tile<HD, KEYS>(vs[0], vh, ldv, min(KEYS, len), head_dim, vec);
@@ -509,14 +532,9 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
                                   int max_seqlen, int heads, int head_dim, float scale) {
   constexpr int ROWS = 64 * WG;
-  const int tiles = (max_seqlen + ROWS - 1) / ROWS;
-  const int tile = blockIdx.x % tiles;
-  const int head = (blockIdx.x / tiles) % heads;
-  const int seq = blockIdx.x / (tiles * heads);
-  if (seq >= num_seqs) return;
-  const int start = cu_seqlens[seq], len = cu_seqlens[seq + 1] - start;
-  const int q0 = tile * ROWS;
-  if (q0 >= len) return;  // uniform across the block
+  QueryTile qt;
+  if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
+  const int head = qt.head, start = qt.start, len = qt.len, q0 = qt.q0;
 
   const int col0 = head * head_dim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -532,8 +550,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
   const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
   const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-  const bool vec = head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 &&
-                   ((uintptr_t)kh % 16) == 0 && ((uintptr_t)vh % 16) == 0;
+  const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim);
   const int num_tiles = (len + KEYS - 1) / KEYS;
   auto k_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE; };
   auto v_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE + TILE; };

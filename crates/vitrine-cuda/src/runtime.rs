@@ -65,7 +65,9 @@ pub struct CudaRuntime {
     /// cuBLASLt's workspace, [`lt::WORKSPACE_BYTES`] long.
     workspace: CudaBuffer,
     modules: HashMap<KernelModule, Arc<CudaModule>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Kernels looked up so far, each with the dynamic shared memory it has
+    /// been opted in to (0: the default 48 KiB).
+    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     name: String,
     warp: usize,
     /// Compute capability 9.0 exactly: the fatbins' sm_90a image (with the
@@ -144,23 +146,39 @@ fn module_for(stem: &str) -> Option<KernelModule> {
 }
 
 impl CudaRuntime {
-    fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
+    /// Kernel `name`, allowed `shared` bytes of dynamic shared memory. The
+    /// opt-in beyond 48 KiB is a driver call made once per kernel and size,
+    /// not once per launch.
+    fn function(&self, module: KernelModule, name: &str, shared: u32) -> Result<CudaFunction> {
         let mut cache = self
             .functions
             .lock()
             .map_err(|_| Error::Backend("kernel cache poisoned".into()))?;
-        if let Some(f) = cache.get(name) {
-            return Ok(f.clone());
+        if !cache.contains_key(name) {
+            let m = self
+                .modules
+                .get(&module)
+                .ok_or_else(|| Error::Backend(format!("kernel module {module:?} not loaded")))?;
+            let f = m
+                .load_function(name)
+                .map_err(|e| driver_err(&format!("kernel `{name}` lookup"), e))?;
+            cache.insert(name.to_string(), (f, 0));
         }
-        let m = self
-            .modules
-            .get(&module)
-            .ok_or_else(|| Error::Backend(format!("kernel module {module:?} not loaded")))?;
-        let f = m
-            .load_function(name)
-            .map_err(|e| driver_err(&format!("kernel `{name}` lookup"), e))?;
-        cache.insert(name.to_string(), f.clone());
-        Ok(f)
+        let (f, opted) = cache
+            .get_mut(name)
+            .ok_or_else(|| Error::Backend(format!("kernel `{name}` missing from the cache")))?;
+        if shared > STATIC_SHARED_LIMIT && shared > *opted {
+            // Not a stream operation, so also fine while a graph is recorded.
+            let what = || format!("{shared} bytes of shared memory for `{name}`");
+            let bytes = i32::try_from(shared).map_err(|_| Error::InvalidArgument(what()))?;
+            f.set_attribute(
+                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes,
+            )
+            .map_err(|e| driver_err(&what(), e))?;
+            *opted = shared;
+        }
+        Ok(f.clone())
     }
 }
 
@@ -299,19 +317,7 @@ impl GpuRuntime for CudaRuntime {
         shared: u32,
         args: &[KernelArg],
     ) -> Result<()> {
-        let f = self.function(module, name)?;
-        if shared > STATIC_SHARED_LIMIT {
-            // Idempotent, and not a stream operation, so also fine while a
-            // graph is being recorded.
-            let bytes = i32::try_from(shared).map_err(|_| {
-                Error::InvalidArgument(format!("{shared} bytes of shared memory for `{name}`"))
-            })?;
-            f.set_attribute(
-                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes,
-            )
-            .map_err(|e| driver_err(&format!("{shared} bytes of shared memory for `{name}`"), e))?;
-        }
+        let f = self.function(module, name, shared)?;
         let mut params: Vec<*mut c_void> = KernelArg::pointers(args);
         // SAFETY: argument types follow the kernel's extern "C" signature
         // (checked on the H100 by the op suite); `args` outlives the call,
