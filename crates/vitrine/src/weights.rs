@@ -195,16 +195,45 @@ impl<'a, B: Backend> Weights<'a, B> {
         }
     }
 
-    /// A LayerScale vector that may be absent. One of all ones is dropped:
-    /// multiplying by 1 is exact, and without it the backend can fuse the
-    /// residual add into the GEMM, so a checkpoint that stores identity
-    /// scales (HF's RADIO layout) runs exactly like one that has none.
-    pub fn layer_scale_opt(&self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
-        match self.host_opt(name, &[len], &[len])? {
-            Some(t) if t.to_f32_vec().iter().all(|&v| v == 1.0) => Ok(None),
-            Some(t) => self.backend.upload(&t, self.dtype).map(Some),
-            None => Ok(None),
+    /// A LayerScale vector γ that may be absent, in fp32 on the host. One of
+    /// all ones is dropped (multiplying by 1 is exact), so a checkpoint that
+    /// stores identity scales (HF's RADIO layout) loads exactly like one that
+    /// has none.
+    pub fn layer_scale(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .host_opt(name, &[len], &[len])?
+            .map(|t| t.to_f32_vec())
+            .filter(|g| g.iter().any(|&v| v != 1.0)))
+    }
+
+    /// Uploads a tensor that must exist with row `i` multiplied by
+    /// `gamma[i]` (when given), in fp32 before the one rounding to the
+    /// storage type. The product of two fp16 or bf16 values is exact in fp32,
+    /// so the only new error is that rounding.
+    pub fn get_scaled_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        gamma: Option<&[f32]>,
+    ) -> Result<B::Tensor> {
+        let t = self.host(name, shape, shape)?;
+        let Some(gamma) = gamma else {
+            return self.backend.upload(&t, self.dtype);
+        };
+        let rows = shape.first().copied().unwrap_or(0);
+        if gamma.len() != rows {
+            return Err(self.error(format!(
+                "cannot scale the {rows} rows of `{name}` by {} values",
+                gamma.len()
+            )));
         }
+        let mut values = t.to_f32_vec();
+        let cols = values.len().checked_div(rows).unwrap_or(0).max(1);
+        for (row, &g) in values.chunks_mut(cols).zip(gamma) {
+            row.iter_mut().for_each(|v| *v *= g);
+        }
+        self.backend
+            .upload(&HostTensor::from_f32(shape.to_vec(), values)?, self.dtype)
     }
 
     /// Integer tensor (RADIO's `summary_idxs` buffer).

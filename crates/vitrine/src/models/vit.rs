@@ -12,6 +12,14 @@
 //! RMS-normalised over the full width before the head split (InternViT-6B),
 //! and which tensors exist. Sub-structs are named after the checkpoint keys
 //! of the original releases (`norm1`, `attn.qkv`, `attn.proj`, `mlp.fc1`, `ls1`).
+//!
+//! LayerScale is folded into the projection in front of it at load,
+//! `ls ⊙ (h·Wᵀ + b) = h·(ls ⊙ W)ᵀ + ls ⊙ b`, so every sub-block ends in one
+//! linear layer joined to the residual stream, which a GPU backend runs as a
+//! single GEMM with the residual in its epilogue (cuBLASLt has no per-row
+//! scale for f16 there). The cost is one rounding of each scaled weight to the
+//! storage type in place of two roundings of every activation (`proj` output,
+//! then its scaled copy); docs/performance.md gives the measured parity.
 
 use vitrine_core::{Backend, Result, SeqLayout};
 
@@ -77,21 +85,31 @@ impl<B: Backend> Linear<B> {
         Self { weight, bias }
     }
 
+    /// Loads the layer with LayerScale `gamma` folded in (see the module
+    /// docs): rows of the weight and entries of the bias scaled by `gamma`.
+    pub fn load_scaled(
+        w: &Weights<B>,
+        name: &str,
+        out: usize,
+        inp: usize,
+        gamma: Option<&[f32]>,
+    ) -> Result<Self> {
+        let weight = w.get_scaled_rows(&format!("{name}.weight"), &[out, inp], gamma)?;
+        let bias = w.get_scaled_rows(&format!("{name}.bias"), &[out], gamma)?;
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
     /// Applies the layer to rows of `x`.
     pub fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
         be.linear(x, &self.weight, self.bias.as_ref())
     }
 
-    /// `r + gamma ⊙ layer(x)`: the layer's output added to the residual
-    /// stream `r`, with optional LayerScale `gamma`.
-    pub fn forward_residual(
-        &self,
-        be: &B,
-        x: &B::Tensor,
-        r: &B::Tensor,
-        gamma: Option<&B::Tensor>,
-    ) -> Result<B::Tensor> {
-        be.linear_residual(x, &self.weight, self.bias.as_ref(), r, gamma)
+    /// `r + layer(x)`: the layer's output added to the residual stream `r`.
+    pub fn forward_residual(&self, be: &B, x: &B::Tensor, r: &B::Tensor) -> Result<B::Tensor> {
+        be.linear_residual(x, &self.weight, self.bias.as_ref(), r, None)
     }
 }
 
@@ -155,7 +173,8 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn load(w: &Weights<B>, name: &str, spec: &TrunkSpec) -> Result<Self> {
+    /// Loads `{name}.*`, with LayerScale `ls` folded into `proj`.
+    fn load(w: &Weights<B>, name: &str, spec: &TrunkSpec, ls: Option<&[f32]>) -> Result<Self> {
         let d = spec.hidden;
         let qk = |which: &str| -> Result<Option<Norm<B>>> {
             if spec.qk_norm {
@@ -175,22 +194,15 @@ impl<B: Backend> Attention<B> {
             qkv: Linear::load(w, &format!("{name}.qkv"), 3 * d, d, spec.qkv_bias)?,
             q_norm: qk("q_norm")?,
             k_norm: qk("k_norm")?,
-            proj: Linear::load(w, &format!("{name}.proj"), d, d, true)?,
+            proj: Linear::load_scaled(w, &format!("{name}.proj"), d, d, ls)?,
             hidden: d,
             heads: spec.heads,
         })
     }
 
-    /// `r + gamma ⊙ proj(attn(qkv(x)))`: attention over the normalised rows
-    /// `x`, added to the residual stream `r`.
-    fn forward(
-        &self,
-        be: &B,
-        x: &B::Tensor,
-        seqs: &SeqLayout,
-        r: &B::Tensor,
-        gamma: Option<&B::Tensor>,
-    ) -> Result<B::Tensor> {
+    /// `r + proj(attn(qkv(x)))` (LayerScale folded into `proj`): attention
+    /// over the normalised rows `x`, added to the residual stream `r`.
+    fn forward(&self, be: &B, x: &B::Tensor, seqs: &SeqLayout, r: &B::Tensor) -> Result<B::Tensor> {
         let d = self.hidden;
         let qkv = self.qkv.forward(be, x)?;
         // Equal thirds in q, k, v order; heads are contiguous inside each third.
@@ -203,7 +215,7 @@ impl<B: Backend> Attention<B> {
         }
         let scale = ((d / self.heads) as f32).powf(-0.5);
         let o = be.attention(&q, &k, &v, seqs, self.heads, scale)?;
-        self.proj.forward_residual(be, &o, r, gamma)
+        self.proj.forward_residual(be, &o, r)
     }
 }
 
@@ -214,17 +226,11 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `r + gamma ⊙ fc2(gelu(fc1(x)))`.
-    fn forward(
-        &self,
-        be: &B,
-        x: &B::Tensor,
-        r: &B::Tensor,
-        gamma: Option<&B::Tensor>,
-    ) -> Result<B::Tensor> {
+    /// `r + fc2(gelu(fc1(x)))` (LayerScale folded into `fc2`).
+    fn forward(&self, be: &B, x: &B::Tensor, r: &B::Tensor) -> Result<B::Tensor> {
         let h = self.fc1.forward(be, x)?;
         let h = be.gelu(&h)?;
-        self.fc2.forward_residual(be, &h, r, gamma)
+        self.fc2.forward_residual(be, &h, r)
     }
 }
 
@@ -232,36 +238,41 @@ impl<B: Backend> Mlp<B> {
 pub struct Block<B: Backend> {
     norm1: Norm<B>,
     attn: Attention<B>,
-    ls1: Option<B::Tensor>,
     norm2: Norm<B>,
     mlp: Mlp<B>,
-    ls2: Option<B::Tensor>,
 }
 
 impl<B: Backend> Block<B> {
     /// Loads block `name` (e.g. `model.blocks.3`). LayerScale vectors are
-    /// optional: `ls1`/`ls2` are used when the checkpoint has them.
+    /// optional: `ls1`/`ls2`, when the checkpoint has them, are folded into
+    /// `attn.proj` and `mlp.fc2`.
     pub fn load(w: &Weights<B>, name: &str, spec: &TrunkSpec) -> Result<Self> {
         let d = spec.hidden;
+        let ls1 = w.layer_scale(&format!("{name}.ls1"), d)?;
+        let ls2 = w.layer_scale(&format!("{name}.ls2"), d)?;
         Ok(Self {
             norm1: Norm::load(w, &format!("{name}.norm1"), spec.norm, d, spec.eps)?,
-            attn: Attention::load(w, &format!("{name}.attn"), spec)?,
-            ls1: w.layer_scale_opt(&format!("{name}.ls1"), d)?,
+            attn: Attention::load(w, &format!("{name}.attn"), spec, ls1.as_deref())?,
             norm2: Norm::load(w, &format!("{name}.norm2"), spec.norm, d, spec.eps)?,
             mlp: Mlp {
                 fc1: Linear::load(w, &format!("{name}.mlp.fc1"), spec.mlp_hidden, d, true)?,
-                fc2: Linear::load(w, &format!("{name}.mlp.fc2"), d, spec.mlp_hidden, true)?,
+                fc2: Linear::load_scaled(
+                    w,
+                    &format!("{name}.mlp.fc2"),
+                    d,
+                    spec.mlp_hidden,
+                    ls2.as_deref(),
+                )?,
             },
-            ls2: w.layer_scale_opt(&format!("{name}.ls2"), d)?,
         })
     }
 
     /// Runs the block on packed rows.
     pub fn forward(&self, be: &B, x: &B::Tensor, seqs: &SeqLayout) -> Result<B::Tensor> {
         let h = self.norm1.forward(be, x)?;
-        let x = self.attn.forward(be, &h, seqs, x, self.ls1.as_ref())?;
+        let x = self.attn.forward(be, &h, seqs, x)?;
         let h = self.norm2.forward(be, &x)?;
-        self.mlp.forward(be, &h, &x, self.ls2.as_ref())
+        self.mlp.forward(be, &h, &x)
     }
 }
 
