@@ -13,7 +13,8 @@
 # Logs go to $OUT when set (the device tool's output folder).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUNDLE=$(cd "${1:?usage: gpu-suite.sh BUNDLE [--full OUTDIR [filters...]]}" && pwd)
+BUNDLE=$(cd "${1:?usage: gpu-suite.sh BUNDLE [--full OUTDIR [filters...]]}" && pwd) || exit 2
+[[ -x $BUNDLE/ops || -f $BUNDLE/ops.xz ]] || { echo "gpu-suite: no test binaries in $BUNDLE (carried?)" >&2; exit 2; }
 shift
 LOGS=${OUT:-/tmp/vitrine-gpu-logs}
 mkdir -p "$LOGS"
