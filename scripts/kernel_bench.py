@@ -133,7 +133,7 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>, WG warpgroups (64·WG
     # rows) per block and a ring of 3 K/V tiles of 64 keys in dynamic shared
     # memory; WG per head dim as in kernels/attention.cu.
-    wg = {64: 3, 80: 3}.get(padded, 0)
+    wg = {64: 2, 80: 3}.get(padded, 0)
     if wg:
         configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}", "wgmma", 64 * wg, 128 * wg, 6 * 64 * padded * 2))
     for label, mod in mods:
