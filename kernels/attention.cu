@@ -145,14 +145,24 @@ template <> VT_DEVICE void vt_mma<vt_bf16>(float d[4], const uint32_t a[4], cons
 }
 
 // Two adjacent elements (row, col) and (row, col + 1) of a head's slice as
-// one packed register; zero outside the sequence or past head_dim.
+// one packed register; zero outside the sequence or past head_dim. `pairs`:
+// the slice's rows start 4-byte aligned (see slice_pairs) and col is even,
+// so a whole pair is one 4-byte load.
 template <typename T>
-VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, int head_dim) {
+VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, int head_dim,
+                             bool pairs) {
   if (row >= rows) return 0;
   const uint16_t* p = (const uint16_t*)(base + (long)row * ld);
+  if (pairs && col + 1 < head_dim) return *(const uint32_t*)(p + col);
   const uint32_t lo = col < head_dim ? p[col] : 0;
   const uint32_t hi = col + 1 < head_dim ? p[col + 1] : 0;
   return lo | (hi << 16);
+}
+
+// Whether every row of a 16-bit slice starting at `base` with stride `ld`
+// starts 4-byte aligned, so even columns can be read and written in pairs.
+VT_DEVICE bool slice_pairs(const void* base, int ld) {
+  return ((uintptr_t)base % 4) == 0 && ld % 2 == 0;
 }
 
 // Keys per tile: 64 while two double-buffered K/V tiles fit the 48 KiB of
@@ -260,16 +270,21 @@ VT_DEVICE void store_rows(T* oh, int ldo, int ra, int len, int head_dim, int t, 
     sum += vt_group_shfl_xor(sum, 2);
     inv[h] = 1.0f / sum;
   }
+  const bool pairs = slice_pairs(oh, ldo);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = ra + 8 * h;
     if (r >= len) continue;
 #pragma unroll
     for (int d = 0; d < HD / 8; ++d) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = d * 8 + 2 * t + e;
-        if (c < head_dim) oh[(long)r * ldo + c] = vt_from_f32<T>(o[d][2 * h + e] * inv[h]);
+      const int c = d * 8 + 2 * t;
+      const float lo = o[d][2 * h] * inv[h], hi = o[d][2 * h + 1] * inv[h];
+      if (pairs && c + 1 < head_dim) {
+        // The same two roundings as below, stored as one 4-byte word.
+        *(uint32_t*)(oh + (long)r * ldo + c) = vt_pack2<T>(lo, hi);
+      } else {
+        if (c < head_dim) oh[(long)r * ldo + c] = vt_from_f32<T>(lo);
+        if (c + 1 < head_dim) oh[(long)r * ldo + c + 1] = vt_from_f32<T>(hi);
       }
     }
   }
@@ -281,13 +296,14 @@ template <typename T, int HD>
 VT_DEVICE void load_q(uint32_t (*qf)[4], const T* qh, int ldq, int ra, int len, int head_dim,
                       int t) {
   const int rb = ra + 8;
+  const bool pairs = slice_pairs(qh, ldq);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
     const int c = kk * 16 + 2 * t;
-    qf[kk][0] = load_pair(qh, ldq, ra, len, c, head_dim);
-    qf[kk][1] = load_pair(qh, ldq, rb, len, c, head_dim);
-    qf[kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim);
-    qf[kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim);
+    qf[kk][0] = load_pair(qh, ldq, ra, len, c, head_dim, pairs);
+    qf[kk][1] = load_pair(qh, ldq, rb, len, c, head_dim, pairs);
+    qf[kk][2] = load_pair(qh, ldq, ra, len, c + 8, head_dim, pairs);
+    qf[kk][3] = load_pair(qh, ldq, rb, len, c + 8, head_dim, pairs);
   }
 }
 
