@@ -146,7 +146,7 @@ template <> VT_DEVICE void vt_mma<vt_bf16>(float d[4], const uint32_t a[4], cons
 
 // Two adjacent elements (row, col) and (row, col + 1) of a head's slice as
 // one packed register; zero outside the sequence or past head_dim. `pairs`:
-// the slice's rows start 4-byte aligned (see slice_pairs) and col is even,
+// the slice's rows start 4-byte aligned (rows_aligned<4>) and col is even,
 // so a whole pair is one 4-byte load.
 template <typename T>
 VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, int head_dim,
@@ -160,9 +160,10 @@ VT_DEVICE uint32_t load_pair(const T* base, int ld, int row, int rows, int col, 
 }
 
 // Whether every row of a 16-bit slice starting at `base` with stride `ld`
-// starts 4-byte aligned, so even columns can be read and written in pairs.
-VT_DEVICE bool slice_pairs(const void* base, int ld) {
-  return ((uintptr_t)base % 4) == 0 && ld % 2 == 0;
+// (elements) starts BYTES-aligned, so columns at multiples of BYTES / 2 can
+// be read and written BYTES at a time (4: Q and output pairs; 16: K/V tiles).
+template <int BYTES> VT_DEVICE bool rows_aligned(const void* base, int ld) {
+  return ((uintptr_t)base % BYTES) == 0 && ld % (BYTES / 2) == 0;
 }
 
 // Keys per tile: 64 while two double-buffered K/V tiles fit the 48 KiB of
@@ -270,7 +271,7 @@ VT_DEVICE void store_rows(T* oh, int ldo, int ra, int len, int head_dim, int t, 
     sum += vt_group_shfl_xor(sum, 2);
     inv[h] = 1.0f / sum;
   }
-  const bool pairs = slice_pairs(oh, ldo);
+  const bool pairs = rows_aligned<4>(oh, ldo);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = ra + 8 * h;
@@ -296,7 +297,7 @@ template <typename T, int HD>
 VT_DEVICE void load_q(uint32_t (*qf)[4], const T* qh, int ldq, int ra, int len, int head_dim,
                       int t) {
   const int rb = ra + 8;
-  const bool pairs = slice_pairs(qh, ldq);
+  const bool pairs = rows_aligned<4>(qh, ldq);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
     const int c = kk * 16 + 2 * t;
@@ -332,8 +333,7 @@ VT_DEVICE bool locate_query_tile(int rows, const int* cu_seqlens, int num_seqs, 
 // aligned), else the tiles are fetched element by element.
 VT_DEVICE bool kv_vectorizable(const uint16_t* kh, const uint16_t* vh, int ldk, int ldv,
                                int head_dim) {
-  return head_dim % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 && ((uintptr_t)kh % 16) == 0 &&
-         ((uintptr_t)vh % 16) == 0;
+  return head_dim % 8 == 0 && rows_aligned<16>(kh, ldk) && rows_aligned<16>(vh, ldv);
 }
 
 template <typename T, int HD, int GROUPS, int MT>

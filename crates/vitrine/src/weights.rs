@@ -228,7 +228,9 @@ impl<'a, B: Backend> Weights<'a, B> {
             )));
         }
         let mut values = t.to_f32_vec();
-        let cols = values.len().checked_div(rows).unwrap_or(0).max(1);
+        // Elements per row (1 for a bias); at least 1 so `chunks_mut` is
+        // valid even for a zero-width tensor.
+        let cols = shape.iter().skip(1).product::<usize>().max(1);
         for (row, &g) in values.chunks_mut(cols).zip(gamma) {
             row.iter_mut().for_each(|v| *v *= g);
         }
