@@ -659,23 +659,25 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 #endif
 }
 
-// Entry points vt_flash_attention_wg_<dtype>_d<HD>, chosen on an H100 with
-// scripts/kernel_bench.py (docs/performance.md): K/V tiles of 64 keys; three
-// warpgroups (192 rows, one block per SM) at d80, where sharing each K/V
-// tile among more rows pays; two at d64 (two blocks per SM). Not built for
-// d96 (unmeasured) or d128, where this kernel (two warpgroups; its
+// Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG>, chosen on an H100
+// with scripts/kernel_bench.py (docs/performance.md): K/V tiles of 64 keys;
+// three warpgroups (192 rows, one block per SM) at d80, where sharing each
+// K/V tile among more rows pays; at d64 two (two blocks per SM) for large
+// grids and three for small ones, where fewer, fuller blocks win. Not built
+// for d96 (unmeasured) or d128, where this kernel (two warpgroups; its
 // accumulators leave no registers for a third) was 8% slower than the
 // portable one. The host mirrors this table (HOPPER_TILES in vitrine-gpu's
 // attention.rs) to size the grid, the block and the shared memory.
-#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, MIN_BLOCKS)                                        \
-  VT_KERNEL VT_LAUNCH_BOUNDS(128 * WG, MIN_BLOCKS) vt_flash_attention_wg_##sfx##_d##HD(           \
-      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,            \
-      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) { \
-    flash_attention_wg<T, HD, 64, WG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,    \
-                                      max_seqlen, heads, head_dim, scale);                       \
+#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, MIN_BLOCKS)                                         \
+  VT_KERNEL VT_LAUNCH_BOUNDS(128 * WG, MIN_BLOCKS) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(     \
+      const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
+      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) {  \
+    flash_attention_wg<T, HD, 64, WG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,     \
+                                      max_seqlen, heads, head_dim, scale);                        \
   }
 #define VT_FLASH_ATTENTION_WG_DIMS(sfx, T) \
   VT_FLASH_ATTENTION_WG(sfx, T, 64, 2, 2)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, 1)  \
   VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, 1)
 VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

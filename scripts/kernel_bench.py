@@ -130,12 +130,12 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     configs = [(f"vt_flash_attention_{sfx}_d{padded}_m{mt}", f"m{mt}", 64 * mt, 128, 0) for mt in (1, 2)]
     configs += [(f"lab_d{padded}_g{g}m{mt}_b{b}", f"g{g}m{mt}b{b}", 16 * g * mt, 32 * g, 0)
                 for g in (2, 4, 8) for mt in (1, 2) for b in (1, 2, 3, 4, 6)]
-    # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>, WG warpgroups (64·WG
+    # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>_w<WG>, WG warpgroups (64·WG
     # rows) per block and a ring of 3 K/V tiles of 64 keys in dynamic shared
     # memory; WG per head dim as in kernels/attention.cu.
-    wg = {64: 2, 80: 3}.get(padded, 0)
-    if wg:
-        configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}", "wgmma", 64 * wg, 128 * wg, 6 * 64 * padded * 2))
+    for wg in {64: (2, 3), 80: (3,)}.get(padded, ()):
+        configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * wg,
+                        6 * 64 * padded * 2))
     for label, mod in mods:
         for fname, tag, rows_per_block, threads, smem in configs:
             f = mod.function(fname)
@@ -238,6 +238,10 @@ def main():
             ("RADIO-H 512² b1", 1, 1034, 16, 80),
             ("RADIO-H 1024² b1", 1, 4106, 16, 80),
             ("InternViT-300M 448² b1", 1, 1025, 16, 64),
+            ("InternViT-300M 448² b2", 2, 1025, 16, 64),
+            ("InternViT-300M 448² b3", 3, 1025, 16, 64),
+            ("InternViT-300M 224² b1", 1, 257, 16, 64),
+            ("InternViT-300M 224² b8", 8, 257, 16, 64),
             ("InternViT-6B 448² b8", 8, 1025, 25, 128),
         ]
         for name, seqs, n, h, d in cases:

@@ -39,22 +39,31 @@ struct HopperTile {
     head_dim: usize,
     /// Warpgroups per block, 64 query rows each.
     warpgroups: usize,
-    /// Blocks from which it beats the portable fused kernel.
+    /// Blocks from which it beats the next shape for the same head dim, or
+    /// the portable fused kernel after the last.
     min_blocks: usize,
 }
 
-/// The Hopper kernel per padded head dim, as instantiated in
-/// kernels/attention.cu: warpgroups per block (64 query rows each), and the
-/// blocks from which it beats the portable fused kernel. H100, d80 (3
-/// warpgroups, one block per SM): 96 blocks (512² batch 1) 0.040 against
-/// 0.050 ms, 32 blocks (224² batch 1) 0.016 against 0.012. d64 (2 warpgroups,
-/// two blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
-/// blocks (448² batch 1) 0.044 against 0.041; nothing measured in between.
-const HOPPER_TILES: [HopperTile; 2] = [
+/// The Hopper kernel's shapes, as instantiated in kernels/attention.cu
+/// (`vt_flash_attention_wg_<dt>_d<head_dim>_w<warpgroups>`), each with the
+/// blocks from which it beats what follows it for the same head dim (the
+/// next shape, or else the portable fused kernel). H100, d80 (3 warpgroups,
+/// one block per SM): 96 blocks (512² batch 1) 0.040 against 0.050 ms, 32
+/// blocks (224² batch 1) 0.016 against 0.012. d64, two warpgroups (two
+/// blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
+/// blocks (448² batch 1) 0.044 against 0.041, 432 (448² batch 3) 0.0781
+/// against three warpgroups' 0.0874 (288 blocks, one per SM: 2.2 waves);
+/// three warpgroups take the smaller grids (see MIN_BLOCKS_D64_W3).
+const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,
         warpgroups: 2,
-        min_blocks: 512,
+        min_blocks: 400,
+    },
+    HopperTile {
+        head_dim: 64,
+        warpgroups: 3,
+        min_blocks: MIN_BLOCKS_D64_W3,
     },
     HopperTile {
         head_dim: 80,
@@ -62,6 +71,13 @@ const HOPPER_TILES: [HopperTile; 2] = [
         min_blocks: 64,
     },
 ];
+
+/// d64 with three warpgroups (192 rows a block), for grids too small for
+/// the two-warpgroup shape. H100, ms (portable kernel, PyTorch's flash):
+/// 448² batch 1, 96 blocks: 0.0303 (0.0356, 0.0350); batch 2, 192 blocks:
+/// 0.0589 (0.0632, 0.0604); 224² batch 8, 256 blocks: 0.0253 (0.0263,
+/// 0.0281); but 224² batch 1, 32 blocks: 0.0128 (0.0093, 0.0125).
+const MIN_BLOCKS_D64_W3: usize = 64;
 
 /// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
 const HOPPER_KEYS: usize = 64;
@@ -142,17 +158,25 @@ pub(crate) fn plan(
     // Blocks of `rows` query rows over every (sequence, head).
     let blocks = |rows: usize| call.seqs * call.heads * call.max_len.div_ceil(rows);
     if has_warpgroup_mma && matches!(mode, AttentionKernel::Auto | AttentionKernel::Hopper) {
-        if let Some(tile) = HOPPER_TILES.into_iter().find(|t| t.head_dim == padded) {
-            let n = blocks(64 * tile.warpgroups);
-            if mode == AttentionKernel::Hopper || n >= tile.min_blocks {
-                return Ok(Plan::Tiled {
-                    name: format!("vt_flash_attention_wg_{dt}_d{padded}"),
-                    blocks: n,
-                    threads: 128 * tile.warpgroups as u32,
-                    shared: (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes())
-                        as u32,
-                });
-            }
+        let shapes = || HOPPER_TILES.into_iter().filter(|t| t.head_dim == padded);
+        // The first shape whose grid is large enough; forced, the last one
+        // (the small-grid shape) when none is.
+        let chosen = shapes()
+            .find(|t| blocks(64 * t.warpgroups) >= t.min_blocks)
+            .or_else(|| {
+                shapes()
+                    .next_back()
+                    .filter(|_| mode == AttentionKernel::Hopper)
+            });
+        if let Some(tile) = chosen {
+            let wg = tile.warpgroups;
+            return Ok(Plan::Tiled {
+                name: format!("vt_flash_attention_wg_{dt}_d{padded}_w{wg}"),
+                blocks: blocks(64 * wg),
+                threads: 128 * wg as u32,
+                shared: (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes())
+                    as u32,
+            });
         }
     }
     // The portable fused kernel, 4 tile groups per block: two m-tiles per
@@ -206,7 +230,7 @@ mod tests {
         assert_eq!(
             plan(AUTO, &c, true),
             Ok(Plan::Tiled {
-                name: "vt_flash_attention_wg_f16_d80".into(),
+                name: "vt_flash_attention_wg_f16_d80_w3".into(),
                 blocks: 32 * 16 * 6,
                 threads: 384,
                 shared: 3 * 2 * 64 * 80 * 2,
@@ -225,34 +249,49 @@ mod tests {
         assert_eq!(name(&p), "vt_flash_attention_f16_d80_m2");
         // InternViT-300M 448² batch 32 (d64, two warpgroups).
         let p = plan(AUTO, &call(DType::BF16, 64, 32, 1025, 16), true).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64");
+        assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64_w2");
     }
 
     #[test]
-    fn small_grids_keep_the_portable_kernel() {
+    fn small_grids_take_fuller_blocks_or_the_portable_kernel() {
         // 224² batch 1 (32 blocks of 192 rows): below d80's 64.
         let p = plan(AUTO, &call(DType::F16, 80, 1, 206, 16), true).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d80_m1");
         // 512² batch 1 (96 blocks) is above it.
         let p = plan(AUTO, &call(DType::F16, 80, 1, 1034, 16), true).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80");
-        // InternViT 448² batch 1 at d64: 144 blocks, below 512.
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
+        // InternViT 448² batch 1 at d64: 144 blocks of 128 rows, below 400;
+        // 96 of 192 rows take the three-warpgroup shape.
         let p = plan(AUTO, &call(DType::F16, 64, 1, 1025, 16), true).unwrap();
+        assert_eq!(
+            p,
+            Plan::Tiled {
+                name: "vt_flash_attention_wg_f16_d64_w3".into(),
+                blocks: 16 * 6,
+                threads: 384,
+                shared: 3 * 2 * 64 * 64 * 2,
+            }
+        );
+        // Batch 3: 432 blocks of 128 rows, two warpgroups again.
+        let p = plan(AUTO, &call(DType::F16, 64, 3, 1025, 16), true).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
+        // 224² batch 1 (32 blocks of 192 rows): the portable kernel.
+        let p = plan(AUTO, &call(DType::F16, 64, 1, 257, 16), true).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d64_m1");
-        // Forced, even a tiny grid takes it.
+        // Forced, even a tiny grid takes a Hopper shape: the small-grid one.
         let p = plan(
             AttentionKernel::Hopper,
             &call(DType::F16, 64, 1, 9, 1),
             true,
         )
         .unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64");
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w3");
     }
 
     #[test]
     fn head_dims_pad_to_an_instantiated_kernel() {
         let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), true).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80");
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
         // No Hopper kernel at d128 (slower than the portable one) nor d96.
         for d in [96, 128] {
             let p = plan(
