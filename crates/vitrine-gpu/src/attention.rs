@@ -39,6 +39,9 @@ struct HopperTile {
     head_dim: usize,
     /// Warpgroups per block, 64 query rows each.
     warpgroups: usize,
+    /// Blocks resident on one multiprocessor (registers and shared memory
+    /// allow this many; `VT_LAUNCH_BOUNDS` in kernels/attention.cu).
+    blocks_per_sm: usize,
     /// Blocks from which it beats the next shape for the same head dim, or
     /// the portable fused kernel after the last.
     min_blocks: usize,
@@ -46,28 +49,33 @@ struct HopperTile {
 
 /// The Hopper kernel's shapes, as instantiated in kernels/attention.cu
 /// (`vt_flash_attention_wg_<dt>_d<head_dim>_w<warpgroups>`), each with the
-/// blocks from which it beats what follows it for the same head dim (the
-/// next shape, or else the portable fused kernel). H100, d80 (3 warpgroups,
-/// one block per SM): 96 blocks (512² batch 1) 0.040 against 0.050 ms, 32
-/// blocks (224² batch 1) 0.016 against 0.012. d64, two warpgroups (two
-/// blocks per SM): 4608 blocks (448² batch 32) 0.74 against 0.77 ms, 144
-/// blocks (448² batch 1) 0.044 against 0.041, 432 (448² batch 3) 0.0781
-/// against three warpgroups' 0.0874 (288 blocks, one per SM: 2.2 waves);
-/// three warpgroups take the smaller grids (see MIN_BLOCKS_D64_W3).
+/// blocks from which it beats the portable fused kernel. Where a head dim
+/// has several, the one whose grid fills its last wave best runs (ties: the
+/// first). H100, d80 (3 warpgroups, one block per SM): 96 blocks (512²,
+/// batch 1) 0.040 against 0.050 ms, 32 blocks (224², batch 1) 0.016 against
+/// 0.012.
+/// d64, two warpgroups (two blocks per SM): 4608 blocks (448² batch 32) 0.70
+/// against 0.68 for three warpgroups (3072 blocks; both fill 97 % of their
+/// last wave; end to end two are 0.4 % faster), 432 blocks (448² batch 3)
+/// 0.078 against three warpgroups' 0.087 (288 blocks: 2.2 waves), 144
+/// blocks (448² batch 1) 0.039 against the portable kernel's 0.036.
 const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,
         warpgroups: 2,
+        blocks_per_sm: 2,
         min_blocks: 400,
     },
     HopperTile {
         head_dim: 64,
         warpgroups: 3,
+        blocks_per_sm: 1,
         min_blocks: MIN_BLOCKS_D64_W3,
     },
     HopperTile {
         head_dim: 80,
         warpgroups: 3,
+        blocks_per_sm: 1,
         min_blocks: 64,
     },
 ];
@@ -76,7 +84,9 @@ const HOPPER_TILES: [HopperTile; 3] = [
 /// the two-warpgroup shape. H100, ms (portable kernel, PyTorch's flash):
 /// 448² batch 1, 96 blocks: 0.0303 (0.0356, 0.0350); batch 2, 192 blocks:
 /// 0.0589 (0.0632, 0.0604); 224² batch 8, 256 blocks: 0.0253 (0.0263,
-/// 0.0281); but 224² batch 1, 32 blocks: 0.0128 (0.0093, 0.0125).
+/// 0.0281); but 224² batch 1, 32 blocks: 0.0128 (0.0093, 0.0125). End to
+/// end, InternViT 448² batch 4 (384 blocks against two warpgroups' 576, 97 %
+/// against 73 % of the last wave): 7.97–8.04 against 8.41–8.56 ms.
 const MIN_BLOCKS_D64_W3: usize = 64;
 
 /// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
@@ -104,6 +114,22 @@ impl AttentionKernel {
         }
         FUSED_HEAD_DIMS.into_iter().find(|&d| d >= head_dim)
     }
+}
+
+/// What the kernel choice needs to know about the device.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Device {
+    /// Hopper's warpgroup MMA (compute capability 9.0).
+    pub warpgroup_mma: bool,
+    /// Multiprocessors, to count a grid's waves.
+    pub multiprocessors: usize,
+}
+
+/// The share of the last wave's slots a grid of `blocks` uses, each wave
+/// being `per_wave` blocks: 1.0 when it ends on a whole wave.
+fn last_wave_fill(blocks: usize, per_wave: usize) -> f64 {
+    let per_wave = per_wave.max(1);
+    blocks as f64 / (blocks.div_ceil(per_wave) * per_wave) as f64
 }
 
 /// The shape of one attention call, as far as the kernel choice goes.
@@ -139,9 +165,9 @@ pub(crate) enum Plan {
 pub(crate) fn plan(
     mode: AttentionKernel,
     call: &Call,
-    has_warpgroup_mma: bool,
+    device: Device,
 ) -> std::result::Result<Plan, &'static str> {
-    if mode == AttentionKernel::Hopper && !has_warpgroup_mma {
+    if mode == AttentionKernel::Hopper && !device.warpgroup_mma {
         return Err(
             "VITRINE_GPU_ATTENTION=hopper (warpgroup-MMA attention, compute capability 9.0)",
         );
@@ -157,12 +183,23 @@ pub(crate) fn plan(
     };
     // Blocks of `rows` query rows over every (sequence, head).
     let blocks = |rows: usize| call.seqs * call.heads * call.max_len.div_ceil(rows);
-    if has_warpgroup_mma && matches!(mode, AttentionKernel::Auto | AttentionKernel::Hopper) {
+    if device.warpgroup_mma && matches!(mode, AttentionKernel::Auto | AttentionKernel::Hopper) {
         let shapes = || HOPPER_TILES.into_iter().filter(|t| t.head_dim == padded);
-        // The first shape whose grid is large enough; forced, the last one
-        // (the small-grid shape) when none is.
+        let fill = |t: &HopperTile| {
+            last_wave_fill(
+                blocks(64 * t.warpgroups),
+                t.blocks_per_sm * device.multiprocessors,
+            )
+        };
+        // Of the shapes whose grid is large enough, the one that fills its
+        // last wave best (the first on ties); forced, the last one (the
+        // small-grid shape) when none is.
         let chosen = shapes()
-            .find(|t| blocks(64 * t.warpgroups) >= t.min_blocks)
+            .filter(|t| blocks(64 * t.warpgroups) >= t.min_blocks)
+            .fold(None::<HopperTile>, |best, t| match best {
+                Some(b) if fill(&b) >= fill(&t) => Some(b),
+                _ => Some(t),
+            })
             .or_else(|| {
                 shapes()
                     .next_back()
@@ -222,13 +259,21 @@ mod tests {
     }
 
     const AUTO: AttentionKernel = AttentionKernel::Auto;
+    const H100: Device = Device {
+        warpgroup_mma: true,
+        multiprocessors: 132,
+    };
+    const NO_WGMMA: Device = Device {
+        warpgroup_mma: false,
+        multiprocessors: 132,
+    };
 
     #[test]
     fn large_grids_take_the_hopper_kernel_only_where_it_runs() {
         // RADIO-H 512² batch 32: 1034 tokens, 16 heads of 80.
         let c = call(DType::F16, 80, 32, 1034, 16);
         assert_eq!(
-            plan(AUTO, &c, true),
+            plan(AUTO, &c, H100),
             Ok(Plan::Tiled {
                 name: "vt_flash_attention_wg_f16_d80_w3".into(),
                 blocks: 32 * 16 * 6,
@@ -237,7 +282,7 @@ mod tests {
             })
         );
         assert_eq!(
-            plan(AUTO, &c, false),
+            plan(AUTO, &c, NO_WGMMA),
             Ok(Plan::Tiled {
                 name: "vt_flash_attention_f16_d80_m2".into(),
                 blocks: 32 * 16 * 9,
@@ -245,24 +290,24 @@ mod tests {
                 shared: 0,
             })
         );
-        let p = plan(AttentionKernel::Portable, &c, true).unwrap();
+        let p = plan(AttentionKernel::Portable, &c, H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d80_m2");
         // InternViT-300M 448² batch 32 (d64, two warpgroups).
-        let p = plan(AUTO, &call(DType::BF16, 64, 32, 1025, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::BF16, 64, 32, 1025, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64_w2");
     }
 
     #[test]
     fn small_grids_take_fuller_blocks_or_the_portable_kernel() {
         // 224² batch 1 (32 blocks of 192 rows): below d80's 64.
-        let p = plan(AUTO, &call(DType::F16, 80, 1, 206, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 80, 1, 206, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d80_m1");
         // 512² batch 1 (96 blocks) is above it.
-        let p = plan(AUTO, &call(DType::F16, 80, 1, 1034, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 80, 1, 1034, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
         // InternViT 448² batch 1 at d64: 144 blocks of 128 rows, below 400;
         // 96 of 192 rows take the three-warpgroup shape.
-        let p = plan(AUTO, &call(DType::F16, 64, 1, 1025, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 64, 1, 1025, 16), H100).unwrap();
         assert_eq!(
             p,
             Plan::Tiled {
@@ -272,17 +317,32 @@ mod tests {
                 shared: 3 * 2 * 64 * 64 * 2,
             }
         );
-        // Batch 3: 432 blocks of 128 rows, two warpgroups again.
-        let p = plan(AUTO, &call(DType::F16, 64, 3, 1025, 16), true).unwrap();
+        // Batch 3: 432 blocks of 128 rows fill 82 % of their last wave (two
+        // per SM), 288 of 192 rows 73 %: two warpgroups.
+        let p = plan(AUTO, &call(DType::F16, 64, 3, 1025, 16), H100).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
+        // Batch 4: 576 blocks (73 %) against 384 (97 %): three.
+        let p = plan(AUTO, &call(DType::F16, 64, 4, 1025, 16), H100).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w3");
+        // Batch 32: both 97 %, so the first shape, two warpgroups.
+        let p = plan(AUTO, &call(DType::F16, 64, 32, 1025, 16), H100).unwrap();
+        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
+        // Waves depend on the device: with 114 multiprocessors (H100 PCIe)
+        // batch 4 fills 576 / 684 = 84 % against 384 / 456 = 84 %: a tie.
+        let pcie = Device {
+            multiprocessors: 114,
+            ..H100
+        };
+        let p = plan(AUTO, &call(DType::F16, 64, 4, 1025, 16), pcie).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
         // 224² batch 1 (32 blocks of 192 rows): the portable kernel.
-        let p = plan(AUTO, &call(DType::F16, 64, 1, 257, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 64, 1, 257, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d64_m1");
         // Forced, even a tiny grid takes a Hopper shape: the small-grid one.
         let p = plan(
             AttentionKernel::Hopper,
             &call(DType::F16, 64, 1, 9, 1),
-            true,
+            H100,
         )
         .unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w3");
@@ -290,19 +350,19 @@ mod tests {
 
     #[test]
     fn head_dims_pad_to_an_instantiated_kernel() {
-        let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
         // No Hopper kernel at d128 (slower than the portable one) nor d96.
         for d in [96, 128] {
             let p = plan(
                 AttentionKernel::Hopper,
                 &call(DType::F16, d, 32, 1025, 25),
-                true,
+                H100,
             )
             .unwrap();
             assert_eq!(name(&p), format!("vt_flash_attention_f16_d{d}_m2"));
         }
-        let p = plan(AUTO, &call(DType::F16, 160, 1, 10, 1), true).unwrap();
+        let p = plan(AUTO, &call(DType::F16, 160, 1, 10, 1), H100).unwrap();
         assert_eq!(name(&p), "vt_attention_f16");
     }
 
@@ -310,21 +370,29 @@ mod tests {
     fn f32_and_the_reference_mode_take_the_reference_kernel() {
         let c = call(DType::F32, 80, 32, 1034, 16);
         for mode in [AUTO, AttentionKernel::Hopper, AttentionKernel::Wide] {
-            assert_eq!(name(&plan(mode, &c, true).unwrap()), "vt_attention_f32");
+            assert_eq!(name(&plan(mode, &c, H100).unwrap()), "vt_attention_f32");
         }
         let c = call(DType::F16, 80, 32, 1034, 16);
-        let p = plan(AttentionKernel::Reference, &c, true).unwrap();
+        let p = plan(AttentionKernel::Reference, &c, H100).unwrap();
         assert_eq!(name(&p), "vt_attention_f16");
         // A non-positive scale breaks the fused kernels' max-before-scale trick.
         let c = Call { scale: -1.0, ..c };
-        assert_eq!(name(&plan(AUTO, &c, true).unwrap()), "vt_attention_f16");
+        assert_eq!(name(&plan(AUTO, &c, H100).unwrap()), "vt_attention_f16");
+    }
+
+    #[test]
+    fn wave_fill_counts_the_last_wave_only() {
+        assert_eq!(last_wave_fill(264, 264), 1.0);
+        assert_eq!(last_wave_fill(132, 264), 0.5);
+        assert_eq!(last_wave_fill(396, 264), 0.75);
+        assert_eq!(last_wave_fill(7, 0), 1.0);
     }
 
     #[test]
     fn forcing_the_hopper_kernel_without_it_is_an_error() {
         let c = call(DType::F16, 80, 32, 1034, 16);
-        assert!(plan(AttentionKernel::Hopper, &c, false).is_err());
+        assert!(plan(AttentionKernel::Hopper, &c, NO_WGMMA).is_err());
         let c = call(DType::F32, 80, 1, 10, 1);
-        assert!(plan(AttentionKernel::Hopper, &c, false).is_err());
+        assert!(plan(AttentionKernel::Hopper, &c, NO_WGMMA).is_err());
     }
 }

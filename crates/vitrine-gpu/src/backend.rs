@@ -753,7 +753,10 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 max_len: seqs.max_len(),
                 heads,
             },
-            self.rt.has_warpgroup_mma(),
+            attention::Device {
+                warpgroup_mma: self.rt.has_warpgroup_mma(),
+                multiprocessors: self.rt.multiprocessors(),
+            },
         )
         .map_err(|op| Error::NotSupported {
             op,
