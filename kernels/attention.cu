@@ -662,8 +662,8 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 // Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG>, chosen on an H100
 // with scripts/kernel_bench.py (docs/performance.md): K/V tiles of 64 keys;
 // three warpgroups (192 rows, one block per SM) at d80, where sharing each
-// K/V tile among more rows pays; at d64 two (two blocks per SM) for large
-// grids and three for small ones, where fewer, fuller blocks win. Not built
+// K/V tile among more rows pays; at d64 two (two blocks per SM) or three,
+// whichever fills the grid's last wave better (the host decides). Not built
 // for d96 (unmeasured) or d128, where this kernel (two warpgroups; its
 // accumulators leave no registers for a third) was 8% slower than the
 // portable one. The host mirrors this table (HOPPER_TILES in vitrine-gpu's

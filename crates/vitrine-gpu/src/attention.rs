@@ -42,8 +42,7 @@ struct HopperTile {
     /// Blocks resident on one multiprocessor (registers and shared memory
     /// allow this many; `VT_LAUNCH_BOUNDS` in kernels/attention.cu).
     blocks_per_sm: usize,
-    /// Blocks from which it beats the next shape for the same head dim, or
-    /// the portable fused kernel after the last.
+    /// Blocks from which it beats the portable fused kernel.
     min_blocks: usize,
 }
 
@@ -53,8 +52,7 @@ struct HopperTile {
 /// has several, the one whose grid fills its last wave best runs (ties: the
 /// first). H100, d80 (3 warpgroups, one block per SM): 96 blocks (512²,
 /// batch 1) 0.040 against 0.050 ms, 32 blocks (224², batch 1) 0.016 against
-/// 0.012.
-/// d64, two warpgroups (two blocks per SM): 4608 blocks (448² batch 32) 0.70
+/// 0.012. d64, two warpgroups (two blocks per SM): 4608 blocks (448² batch 32) 0.70
 /// against 0.68 for three warpgroups (3072 blocks; both fill 97 % of their
 /// last wave; end to end two are 0.4 % faster), 432 blocks (448² batch 3)
 /// 0.078 against three warpgroups' 0.087 (288 blocks: 2.2 waves), 144
@@ -80,8 +78,9 @@ const HOPPER_TILES: [HopperTile; 3] = [
     },
 ];
 
-/// d64 with three warpgroups (192 rows a block), for grids too small for
-/// the two-warpgroup shape. H100, ms (portable kernel, PyTorch's flash):
+/// d64 with three warpgroups (192 rows a block, one block per SM): the shape
+/// for grids too small for two warpgroups, and for those whose last wave it
+/// fills better. H100, ms (portable kernel, PyTorch's flash):
 /// 448² batch 1, 96 blocks: 0.0303 (0.0356, 0.0350); batch 2, 192 blocks:
 /// 0.0589 (0.0632, 0.0604); 224² batch 8, 256 blocks: 0.0253 (0.0263,
 /// 0.0281); but 224² batch 1, 32 blocks: 0.0128 (0.0093, 0.0125). End to
@@ -196,10 +195,7 @@ pub(crate) fn plan(
         // small-grid shape) when none is.
         let chosen = shapes()
             .filter(|t| blocks(64 * t.warpgroups) >= t.min_blocks)
-            .fold(None::<HopperTile>, |best, t| match best {
-                Some(b) if fill(&b) >= fill(&t) => Some(b),
-                _ => Some(t),
-            })
+            .reduce(|best, t| if fill(&t) > fill(&best) { t } else { best })
             .or_else(|| {
                 shapes()
                     .next_back()
