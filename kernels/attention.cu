@@ -482,107 +482,164 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // so the numerics are the same contract: fp32 scores and statistics, P
 // rounded to T, fp32 accumulation of P·V.
 //
-// A block of WG warpgroups owns 64·WG query rows of one (sequence, head);
-// warp w holds rows 16w..16w+15 (the tile-MMA rows of the kernel above).
-// K and V tiles of KEYS keys sit in a ring of WG_STAGES slots in dynamic
-// shared memory, as 8×8 core matrices (see vt_wgmma): core (row block rb,
-// column block cb) of a KEYS × HD tile sits at byte (rb · HD/8 + cb) · 128.
-// The same bytes are Kᵀ's K-major B operand for S = Q·Kᵀ and V's n-major
-// one for O += P·V.
+// Warp-specialised, as FlashAttention-3: a block has WG consumer warpgroups
+// and one producer warpgroup (the last 128 threads). The producer copies K/V
+// tiles of KEYS keys into a ring of WG_STAGES slots of dynamic shared
+// memory; each slot has a `full` mbarrier (the producer's copies have landed)
+// and an `empty` one (every consumer warp is done with the tile). There is
+// no block barrier after the start, so consumer warpgroups drift apart and
+// one's softmax overlaps another's MMAs; with PINGPONG a token ring of named
+// barriers makes them take turns to issue their MMAs, which pays at d64
+// (shorter MMAs). The producer gives its registers to the consumers
+// (WG_PRODUCER_REGS / WG_CONSUMER_REGS).
 //
-// Launch: block = 128·WG threads, dynamic shared memory
-// WG_STAGES · 2 · KEYS · HD · 2 bytes, grid as for the kernel above
+// Consumer warpgroup w owns 64 query rows, warp i of the block rows
+// 16i..16i+15 (the tile-MMA rows of the kernel above). A K or V tile in
+// shared memory is made of 8×8 core matrices (see vt_wgmma): core (row block
+// rb, column block cb) of a KEYS × HD tile sits at byte (rb · HD/8 + cb) ·
+// 128; the same bytes are Kᵀ's K-major B operand for S = Q·Kᵀ and V's
+// n-major one for O += P·V.
+//
+// Launch: block = 128·(WG + 1) threads, dynamic shared memory
+// WG_STAGES · (2 · KEYS · HD · 2 + 16) bytes, grid as for the kernel above
 // with 64·WG rows per block. Only the sm_90a image has the body; elsewhere
 // the entry points exist (every image exports the same names) and write NaN
 // to the rows they own, so a launch that slipped past the host's device
 // check cannot go unnoticed.
 // ---------------------------------------------------------------------------
 
-// K/V tiles in flight or in use at once: tile j is read while tile j + 1 is
-// resident for the next scores and tile j + 2 is being fetched.
-#define WG_STAGES 3
+// K/V tiles in the ring: the producer runs up to this many tiles ahead of the
+// slowest consumer warpgroup (ping-pong needs 3: warpgroups one turn apart).
+#define WG_STAGES 4
+// Register budgets after the split; three consumer warpgroups and the
+// producer share the 128 per thread that a 512-thread block gets.
+#define WG_PRODUCER_REGS 32
+#define WG_CONSUMER_REGS 160
 
-// Fetches tiles of a head's slice (rows [0, rows), zero past `rows` and
-// head_dim) into blocked KEYS × HD tiles. Thread i of THREADS fills 16-byte
-// slots i, i + THREADS, ..., so a warp writes 512 contiguous bytes and reads
-// 8 rows × 64 bytes. Which row and column each of its slots holds is worked
-// out once per block: the fetch of a tile, every iteration, is then a
-// compare, an address and one asynchronous copy per slot.
-template <int HD, int KEYS, int THREADS> struct BlockedTileFetch {
-  static constexpr int CB = HD / 8, SLOTS = KEYS * CB, PER = (SLOTS + THREADS - 1) / THREADS;
-  int row[PER], col[PER];  // row -1: no slot; col -1: past head_dim (zero-filled)
-
-  VT_DEVICE explicit BlockedTileFetch(int head_dim) {
+// Producer thread tid (0..127) copies key row tid / 2 of a 64-key tile, the
+// 16-byte chunks of parity tid % 2, so a warp reads 16 rows × 32 contiguous
+// bytes per instruction; `row` points at that row in global memory. Rows
+// past the sequence (row_ok false) and columns past head_dim are zeroed;
+// their copies read nothing but still carry an address, `first` (the head's
+// first row, always inside the buffer), as a row past the sequence may lie
+// past the end of the allocation. Needs head_dim, the row stride and the
+// base 16-byte aligned.
+template <int HD>
+VT_DEVICE void fetch_row_chunks(uint16_t* tile, const uint16_t* row, const uint16_t* first,
+                                bool row_ok, int head_dim, int tid) {
+  static_assert(HD % 16 == 0, "two threads per key row share its 16-byte chunks evenly");
+  constexpr int CB = HD / 8;
+  const int r = tid / 2, half = tid % 2;
+  uint16_t* dst = tile + ((r / 8) * CB + half) * 64 + (r % 8) * 8;
 #pragma unroll
-    for (int p = 0; p < PER; ++p) {
-      const int i = threadIdx.x + p * THREADS, core = i / 8;
-      row[p] = i < SLOTS ? (core / CB) * 8 + i % 8 : -1;
-      col[p] = (core % CB) * 8 < head_dim ? (core % CB) * 8 : -1;
-    }
+  for (int i = 0; i < CB / 2; ++i) {
+    const int c = 2 * i + half;
+    const bool valid = row_ok && c * 8 < head_dim;
+    vt_copy16_async(dst + 2 * i * 64, valid ? row + c * 8 : first, valid);
   }
+}
 
-  // Asynchronous 16-byte copies; needs head_dim, ld and base 16-byte aligned.
-  VT_DEVICE void fetch(uint16_t* tile, const uint16_t* base, int ld, int rows) const {
-#pragma unroll
-    for (int p = 0; p < PER; ++p) {
-      if (row[p] < 0) continue;
-      const bool valid = row[p] < rows && col[p] >= 0;
-      vt_copy16_async(tile + (threadIdx.x + p * THREADS) * 8,
-                      valid ? base + (long)row[p] * ld + col[p] : base, valid);
-    }
+// The same tile element by element, for unaligned slices.
+template <int HD, int KEYS>
+VT_DEVICE void fetch_tile_elements(uint16_t* tile, const uint16_t* base, int ld, int rows,
+                                   int head_dim, int tid) {
+  constexpr int CB = HD / 8;
+  for (int i = tid; i < KEYS * HD; i += 128) {
+    const int r = i / HD, c = i % HD;
+    tile[((r / 8) * CB + c / 8) * 64 + (r % 8) * 8 + c % 8] =
+        (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
   }
+}
 
-  // The same tile element by element, for unaligned slices.
-  VT_DEVICE static void fetch_unaligned(uint16_t* tile, const uint16_t* base, int ld, int rows,
-                                        int head_dim) {
-    for (int i = threadIdx.x; i < KEYS * HD; i += THREADS) {
-      const int r = i / HD, c = i % HD;
-      tile[((r / 8) * CB + c / 8) * 64 + (r % 8) * 8 + c % 8] =
-          (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
-    }
-  }
-};
-
-template <typename T, int HD, int KEYS, int WG>
+template <typename T, int HD, int KEYS, int WG, bool PINGPONG>
 VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv,
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
                                   int max_seqlen, int heads, int head_dim, float scale) {
+  static_assert(KEYS == 64, "the producer copies a 64-key tile with two threads per key");
   constexpr int ROWS = 64 * WG;
   QueryTile qt;
   if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
   const int head = qt.head, start = qt.start, len = qt.len, q0 = qt.q0;
 
   const int col0 = head * head_dim;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int ra = q0 + warp * 16 + g;
   T* oh = out + (long)start * ldo + col0;
 #if VT_HAS_WGMMA
   constexpr bool BF16 = !__is_same(T, vt_f16);
   constexpr int CB = HD / 8, TILE = KEYS * HD;
-  // A ring of WG_STAGES tiles; tile j's K at smem + slot·2·TILE, its V right after.
+  // The ring: tile j's K at smem + (j mod WG_STAGES)·2·TILE, its V right
+  // after; then the slots' full and empty barriers.
   extern __shared__ __align__(128) uint16_t smem[];
-  const float scale_log2 = scale * 1.4426950408889634f;
-
-  const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
-  const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-  const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim);
+  uint64_t* full = (uint64_t*)(smem + WG_STAGES * 2 * TILE);
+  uint64_t* empty = full + WG_STAGES;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < WG_STAGES; ++s) {
+      vt_mbar_init(&full[s], 128);     // every producer thread
+      vt_mbar_init(&empty[s], 4 * WG);  // every consumer warp
+    }
+    vt_mbar_init_fence();
+  }
+  __syncthreads();
   const int num_tiles = (len + KEYS - 1) / KEYS;
   auto k_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE; };
   auto v_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE + TILE; };
-  using Fetch = BlockedTileFetch<HD, KEYS, 128 * WG>;
-  const Fetch fetch(head_dim);
-  auto stage = [&](int j) {
-    const int rows = min(KEYS, len - j * KEYS);
-    const uint16_t *kj = kh + (long)j * KEYS * ldk, *vj = vh + (long)j * KEYS * ldv;
-    if (vec) {
-      fetch.fetch(k_tile(j), kj, ldk, rows);
-      fetch.fetch(v_tile(j), vj, ldv, rows);
-    } else {
-      Fetch::fetch_unaligned(k_tile(j), kj, ldk, rows, head_dim);
-      Fetch::fetch_unaligned(v_tile(j), vj, ldv, rows, head_dim);
+
+  if (wg == WG) {
+    // Producer: tile j goes into its slot once the consumers have released
+    // the tile WG_STAGES before it.
+    vt_regs_shrink<WG_PRODUCER_REGS>();
+    const int tid = threadIdx.x - 128 * WG;
+    const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
+    const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
+    const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim);
+    const uint16_t *krow = kh + (long)(tid / 2) * ldk, *vrow = vh + (long)(tid / 2) * ldv;
+#pragma unroll 1
+    for (int j = 0; j < num_tiles; ++j) {
+      const int slot = j % WG_STAGES;
+      if (j >= WG_STAGES) vt_mbar_wait(&empty[slot], ((j / WG_STAGES) + 1) & 1);
+      const int rows = min(KEYS, len - j * KEYS);
+      if (vec) {
+        const bool row_ok = tid / 2 < rows;
+        fetch_row_chunks<HD>(k_tile(j), krow, kh, row_ok, head_dim, tid);
+        fetch_row_chunks<HD>(v_tile(j), vrow, vh, row_ok, head_dim, tid);
+        krow += (long)KEYS * ldk;
+        vrow += (long)KEYS * ldv;
+        vt_async_arrive(&full[slot]);
+      } else {
+        fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
+        fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
+        vt_fence_async_smem();
+        vt_mbar_arrive(&full[slot]);
+      }
     }
     vt_async_commit();
+    vt_async_wait<0>();
+    return;
+  }
+
+  vt_regs_grow<WG_CONSUMER_REGS>();
+  const float scale_log2 = scale * 1.4426950408889634f;
+  // Tile j is usable once its copies have landed and this thread has
+  // fenced them for the MMA's (asynchronous) reads.
+  auto acquire = [&](int j) {
+    vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1);
+    vt_fence_async_smem();
+  };
+  // Called once the warp's last MMA reading tile j has completed.
+  auto release = [&](int j) {
+    __syncwarp();
+    if (lane == 0) vt_mbar_arrive(&empty[j % WG_STAGES]);
+  };
+  // Ping-pong: warpgroup w issues after warpgroup w - 1 (mod WG) has. Each
+  // warpgroup issues num_tiles + 1 times; warpgroup 0's first turn is given
+  // by the last one up front, which therefore skips its final hand-over.
+  auto turn_begin = [&]() {
+    if (PINGPONG) vt_bar_sync(1 + wg, 256);
+  };
+  auto turn_end = [&](bool last) {
+    if (PINGPONG && !(last && wg == WG - 1)) vt_bar_arrive(1 + (wg + 1) % WG, 256);
   };
   // S = Q·K_jᵀ: HD/16 k-steps over the whole tile, issued (not waited for).
   auto issue_scores = [&](float* s, const uint32_t (*qf)[4], int j) {
@@ -599,8 +656,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
       vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(j) + kk * 2 * CB * 64, CB * 128, 128), 1);
   };
 
-  stage(0);
-  if (num_tiles > 1) stage(1);
+  if (PINGPONG && wg == WG - 1) vt_bar_arrive(1, 256);
   uint32_t qf[HD / 16][4];
   load_q<T, HD>(qf, q + (long)start * ldq + col0, ldq, ra, len, head_dim, t);
   float o[HD / 8][4], s[KEYS / 8][4];
@@ -609,11 +665,11 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 #pragma unroll
   for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
 
-  vt_async_wait<0>();
-  vt_fence_async_smem();
-  __syncthreads();
+  acquire(0);
+  turn_begin();
   issue_scores(&s[0][0], qf, 0);
   vt_wgmma_commit();
+  turn_end(false);
   vt_wgmma_wait<0>();
   vt_wgmma_hold<KEYS / 2>(&s[0][0]);
   softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len), t, scale_log2);
@@ -621,36 +677,37 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
   // Iteration j: P_j is ready. Q·K_{j+1}ᵀ and P_j·V_j run on the tensor
   // cores while this warpgroup computes the softmax of tile j + 1; O is
-  // rescaled once P_j·V_j has landed. Tile j + 1 was fetched during
-  // iteration j - 1; tile j + 2 is fetched now into the slot of tile j - 1,
-  // which every warpgroup finished with before the barrier. The last tile's
-  // P·V is peeled off so that every iteration commits the same two groups:
-  // ptxas proves from that that the softmax never touches registers of an
-  // MMA in flight (otherwise it serializes every wgmma).
+  // rescaled once P_j·V_j has landed, which also frees tile j's slot. The
+  // last tile's P·V is peeled off so that every iteration commits the same
+  // two groups: ptxas proves from that that the softmax never touches
+  // registers of an MMA in flight (otherwise it serializes every wgmma).
   for (int j = 0; j + 1 < num_tiles; ++j) {
-    vt_async_wait<0>();
-    vt_fence_async_smem();
-    __syncthreads();
-    if (j + 2 < num_tiles) stage(j + 2);
+    acquire(j + 1);
+    turn_begin();
     issue_scores(&s[0][0], qf, j + 1);
     vt_wgmma_commit();
     issue_values(&o[0][0], pa, j);
     vt_wgmma_commit();
+    turn_end(false);
     vt_wgmma_wait<1>();
     vt_wgmma_hold<KEYS / 2>(&s[0][0]);
     softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len - (j + 1) * KEYS), t, scale_log2);
     vt_wgmma_wait<0>();
     vt_wgmma_hold<HD / 2>(&o[0][0]);
+    release(j);
     rescale_rows<HD>(o, resc);
     pack_p<T, KEYS>(s, pa);  // P_j's registers are free once P_j·V_j has landed
   }
+  turn_begin();
   issue_values(&o[0][0], pa, num_tiles - 1);
   vt_wgmma_commit();
+  turn_end(true);
   vt_wgmma_wait<0>();
   vt_wgmma_hold<HD / 2>(&o[0][0]);
   store_rows<T, HD>(oh, ldo, ra, len, head_dim, t, o, l);
 #else
   (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale;
+  if (wg == WG) return;  // the producer warpgroup owns no rows
   for (int h = 0; h < 2; ++h) {
     const int r = ra + 8 * h;
     if (r >= len) continue;
@@ -659,25 +716,24 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 #endif
 }
 
-// Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG>, chosen on an H100
-// with scripts/kernel_bench.py (docs/performance.md): K/V tiles of 64 keys;
-// three warpgroups (192 rows, one block per SM) at d80, where sharing each
-// K/V tile among more rows pays; at d64 two (two blocks per SM) or three,
-// whichever fills the grid's last wave better (the host decides). Not built
-// for d96 (unmeasured) or d128, where this kernel (two warpgroups; its
-// accumulators leave no registers for a third) was 8% slower than the
-// portable one. The host mirrors this table (HOPPER_TILES in vitrine-gpu's
-// attention.rs) to size the grid, the block and the shared memory.
-#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, MIN_BLOCKS)                                         \
-  VT_KERNEL VT_LAUNCH_BOUNDS(128 * WG, MIN_BLOCKS) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(     \
+// Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG> (WG consumer
+// warpgroups, 192 rows a block, one block per SM), chosen on an H100 with
+// scripts/kernel_bench.py (docs/performance.md row 33): K/V tiles of 64
+// keys; ping-pong at d64 only (at d80 it was 3 % slower at 512² batch 32).
+// Not built for d96 (unmeasured) or d128, where the previous version of this
+// kernel (two warpgroups; its accumulators leave no registers for a third)
+// was 8 % slower than the portable one. The host mirrors this table
+// (HOPPER_TILES in vitrine-gpu's attention.rs) to size the grid, the block
+// and the shared memory.
+#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG)                                          \
+  VT_KERNEL VT_LAUNCH_BOUNDS(128 * (WG + 1), 1) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(      \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
       const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) {  \
-    flash_attention_wg<T, HD, 64, WG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens, num_seqs,     \
-                                      max_seqlen, heads, head_dim, scale);                        \
+    flash_attention_wg<T, HD, 64, WG, PINGPONG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens,     \
+                                                num_seqs, max_seqlen, heads, head_dim, scale);    \
   }
-#define VT_FLASH_ATTENTION_WG_DIMS(sfx, T) \
-  VT_FLASH_ATTENTION_WG(sfx, T, 64, 2, 2)  \
-  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, 1)  \
-  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, 1)
+#define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true) \
+  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false)
 VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

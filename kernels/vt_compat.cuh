@@ -315,7 +315,8 @@ template <int N> VT_DEVICE void vt_async_wait() {
 // Issue order: vt_wgmma_fence() once the A/D registers are final, the MMAs,
 // vt_wgmma_commit(), vt_wgmma_wait<0>(), then vt_wgmma_hold(d) so the
 // compiler reads D only after the wait. Shared memory written by ordinary or
-// cp.async stores must pass vt_fence_async_smem() (then a barrier) first.
+// cp.async stores must pass vt_fence_async_smem() before the MMA reads it
+// (by the writer before a barrier, or by the reader after one).
 // ---------------------------------------------------------------------------
 #if defined(VT_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define VT_HAS_WGMMA 1
@@ -339,6 +340,55 @@ template <int R> VT_DEVICE void vt_wgmma_hold(float* d) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 VT_DEVICE void vt_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Warp specialisation (sm_90a, with the MMA above): a producer warpgroup
+// fills shared-memory slots while the MMA warpgroups consume them, the two
+// sides meeting at mbarriers (64-bit shared-memory barriers with a phase
+// that flips each time the expected arrivals are in) instead of block
+// barriers, so consumer warpgroups run at their own pace.
+//   vt_mbar_init(bar, n): n arrivals complete a phase; vt_mbar_init_fence()
+//     then a block barrier publish it. vt_mbar_arrive: one arrival (release:
+//     this thread's earlier shared-memory writes are visible to whoever
+//     waits). vt_async_arrive: one arrival once every cp.async this thread
+//     issued has landed. vt_mbar_wait(bar, parity): until the phase of that
+//     parity has completed (acquire).
+//   vt_bar_sync / vt_bar_arrive(id, threads): named barriers 1..15 over
+//     `threads` threads, for turn-taking between warpgroups.
+//   vt_regs_shrink / vt_regs_grow<R>: the calling warpgroup's register
+//     budget (a multiple of 8, 24..256); the producer gives registers back
+//     so MMA warpgroups can hold their accumulators. Needs launch bounds with
+//     a minimum block count (ptxas ignores it otherwise), and the budgets of
+//     all warpgroups must fit what the launch allotted, or vt_regs_grow
+//     waits forever.
+VT_DEVICE uint32_t vt_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+VT_DEVICE void vt_mbar_init(uint64_t* bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(vt_smem_addr(bar)), "r"(arrivals) : "memory");
+}
+VT_DEVICE void vt_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+VT_DEVICE void vt_mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(vt_smem_addr(bar)) : "memory");
+}
+VT_DEVICE void vt_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(vt_smem_addr(bar)) : "memory");
+}
+VT_DEVICE void vt_mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(vt_smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+VT_DEVICE void vt_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+VT_DEVICE void vt_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int R> VT_DEVICE void vt_regs_shrink() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R> VT_DEVICE void vt_regs_grow() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
 // Operand lists: N/2 accumulators, then the four A registers, the B
 // descriptor and the accumulate flag (as predicate p).

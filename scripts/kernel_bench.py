@@ -130,12 +130,13 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     configs = [(f"vt_flash_attention_{sfx}_d{padded}_m{mt}", f"m{mt}", 64 * mt, 128, 0) for mt in (1, 2)]
     configs += [(f"lab_d{padded}_g{g}m{mt}_b{b}", f"g{g}m{mt}b{b}", 16 * g * mt, 32 * g, 0)
                 for g in (2, 4, 8) for mt in (1, 2) for b in (1, 2, 3, 4, 6)]
-    # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>_w<WG>, WG warpgroups (64·WG
-    # rows) per block and a ring of 3 K/V tiles of 64 keys in dynamic shared
-    # memory; WG per head dim as in kernels/attention.cu.
-    for wg in {64: (2, 3), 80: (3,)}.get(padded, ()):
-        configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * wg,
-                        6 * 64 * padded * 2))
+    # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>_w<WG>, WG consumer
+    # warpgroups (64·WG rows) and a producer warpgroup per block, a ring of 4
+    # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory;
+    # WG per head dim as in kernels/attention.cu.
+    for wg in {64: (3,), 80: (3,)}.get(padded, ()):
+        configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * (wg + 1),
+                        4 * (2 * 64 * padded * 2 + 16)))
     for label, mod in mods:
         for fname, tag, rows_per_block, threads, smem in configs:
             f = mod.function(fname)

@@ -37,60 +37,39 @@ const FUSED_HEAD_DIMS: [usize; 5] = [32, 64, 80, 96, 128];
 struct HopperTile {
     /// Padded head dim (`d<N>` suffix).
     head_dim: usize,
-    /// Warpgroups per block, 64 query rows each.
+    /// Consumer warpgroups per block, 64 query rows each; the block has one
+    /// more, the producer that fetches K/V tiles.
     warpgroups: usize,
-    /// Blocks resident on one multiprocessor (registers and shared memory
-    /// allow this many; `VT_LAUNCH_BOUNDS` in kernels/attention.cu).
-    blocks_per_sm: usize,
     /// Blocks from which it beats the portable fused kernel.
     min_blocks: usize,
 }
 
 /// The Hopper kernel's shapes, as instantiated in kernels/attention.cu
 /// (`vt_flash_attention_wg_<dt>_d<head_dim>_w<warpgroups>`), each with the
-/// blocks from which it beats the portable fused kernel. Where a head dim
-/// has several, the one whose grid fills its last wave best runs (ties: the
-/// first). H100, d80 (3 warpgroups, one block per SM): 96 blocks (512²,
-/// batch 1) 0.040 against 0.050 ms, 32 blocks (224², batch 1) 0.016 against
-/// 0.012. d64, two warpgroups (two blocks per SM): 4608 blocks (448² batch 32) 0.70
-/// against 0.68 for three warpgroups (3072 blocks; both fill 97 % of their
-/// last wave; end to end two are 0.4 % faster), 432 blocks (448² batch 3)
-/// 0.078 against three warpgroups' 0.087 (288 blocks: 2.2 waves), 144
-/// blocks (448² batch 1) 0.039 against the portable kernel's 0.036.
-const HOPPER_TILES: [HopperTile; 3] = [
-    HopperTile {
-        head_dim: 64,
-        warpgroups: 2,
-        blocks_per_sm: 2,
-        min_blocks: 400,
-    },
+/// blocks from which it beats the portable fused kernel. H100, ms, one run
+/// (docs/performance.md row 33): d80, 96 blocks (512², batch 1) 0.0271
+/// against 0.0456, 32 blocks (224², batch 1) 0.0109 against 0.0099; d64, 96
+/// blocks (448², batch 1) 0.0242 against 0.0372, 32 blocks (224², batch 1)
+/// 0.0109 against 0.0095.
+const HOPPER_TILES: [HopperTile; 2] = [
     HopperTile {
         head_dim: 64,
         warpgroups: 3,
-        blocks_per_sm: 1,
-        min_blocks: MIN_BLOCKS_D64_W3,
+        min_blocks: 64,
     },
     HopperTile {
         head_dim: 80,
         warpgroups: 3,
-        blocks_per_sm: 1,
         min_blocks: 64,
     },
 ];
 
-/// d64 with three warpgroups (192 rows a block, one block per SM): the shape
-/// for grids too small for two warpgroups, and for those whose last wave it
-/// fills better. H100, ms (portable kernel, PyTorch's flash):
-/// 448² batch 1, 96 blocks: 0.0303 (0.0356, 0.0350); batch 2, 192 blocks:
-/// 0.0589 (0.0632, 0.0604); 224² batch 8, 256 blocks: 0.0253 (0.0263,
-/// 0.0281); but 224² batch 1, 32 blocks: 0.0128 (0.0093, 0.0125). End to
-/// end, InternViT 448² batch 4 (384 blocks against two warpgroups' 576, 97 %
-/// against 73 % of the last wave): 7.97–8.04 against 8.41–8.56 ms.
-const MIN_BLOCKS_D64_W3: usize = 64;
-
-/// Keys per K/V tile of the Hopper kernel, and tiles in its shared ring.
+/// Keys per K/V tile of the Hopper kernel, tiles in its shared ring, and the
+/// two mbarriers (8 bytes each) per tile that pass them between producer and
+/// consumers (`WG_STAGES` in kernels/attention.cu).
 const HOPPER_KEYS: usize = 64;
-const HOPPER_STAGES: usize = 3;
+const HOPPER_STAGES: usize = 4;
+const HOPPER_BARRIER_BYTES: usize = 16;
 
 impl AttentionKernel {
     pub(crate) fn from_env() -> Result<Self> {
@@ -120,15 +99,6 @@ impl AttentionKernel {
 pub(crate) struct Device {
     /// Hopper's warpgroup MMA (compute capability 9.0).
     pub warpgroup_mma: bool,
-    /// Multiprocessors, to count a grid's waves.
-    pub multiprocessors: usize,
-}
-
-/// The share of the last wave's slots a grid of `blocks` uses, each wave
-/// being `per_wave` blocks: 1.0 when it ends on a whole wave.
-fn last_wave_fill(blocks: usize, per_wave: usize) -> f64 {
-    let per_wave = per_wave.max(1);
-    blocks as f64 / (blocks.div_ceil(per_wave) * per_wave) as f64
 }
 
 /// The shape of one attention call, as far as the kernel choice goes.
@@ -183,32 +153,20 @@ pub(crate) fn plan(
     // Blocks of `rows` query rows over every (sequence, head).
     let blocks = |rows: usize| call.seqs * call.heads * call.max_len.div_ceil(rows);
     if device.warpgroup_mma && matches!(mode, AttentionKernel::Auto | AttentionKernel::Hopper) {
-        let shapes = || HOPPER_TILES.into_iter().filter(|t| t.head_dim == padded);
-        let fill = |t: &HopperTile| {
-            last_wave_fill(
-                blocks(64 * t.warpgroups),
-                t.blocks_per_sm * device.multiprocessors,
-            )
-        };
-        // Of the shapes whose grid is large enough, the one that fills its
-        // last wave best (the first on ties); forced, the last one (the
-        // small-grid shape) when none is.
-        let chosen = shapes()
-            .filter(|t| blocks(64 * t.warpgroups) >= t.min_blocks)
-            .reduce(|best, t| if fill(&t) > fill(&best) { t } else { best })
-            .or_else(|| {
-                shapes()
-                    .next_back()
-                    .filter(|_| mode == AttentionKernel::Hopper)
-            });
+        // Large enough grids take it; forced, every grid does.
+        let chosen = HOPPER_TILES.into_iter().find(|t| {
+            t.head_dim == padded
+                && (mode == AttentionKernel::Hopper || blocks(64 * t.warpgroups) >= t.min_blocks)
+        });
         if let Some(tile) = chosen {
             let wg = tile.warpgroups;
             return Ok(Plan::Tiled {
                 name: format!("vt_flash_attention_wg_{dt}_d{padded}_w{wg}"),
                 blocks: blocks(64 * wg),
-                threads: 128 * wg as u32,
-                shared: (HOPPER_STAGES * 2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes())
-                    as u32,
+                threads: 128 * (wg + 1) as u32,
+                shared: (HOPPER_STAGES
+                    * (2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes()
+                        + HOPPER_BARRIER_BYTES)) as u32,
             });
         }
     }
@@ -257,11 +215,9 @@ mod tests {
     const AUTO: AttentionKernel = AttentionKernel::Auto;
     const H100: Device = Device {
         warpgroup_mma: true,
-        multiprocessors: 132,
     };
     const NO_WGMMA: Device = Device {
         warpgroup_mma: false,
-        multiprocessors: 132,
     };
 
     #[test]
@@ -273,8 +229,10 @@ mod tests {
             Ok(Plan::Tiled {
                 name: "vt_flash_attention_wg_f16_d80_w3".into(),
                 blocks: 32 * 16 * 6,
-                threads: 384,
-                shared: 3 * 2 * 64 * 80 * 2,
+                // Three consumer warpgroups and the producer.
+                threads: 512,
+                // Four K/V tiles of 64 keys, and two mbarriers per tile.
+                shared: 4 * (2 * 64 * 80 * 2 + 16),
             })
         );
         assert_eq!(
@@ -288,9 +246,9 @@ mod tests {
         );
         let p = plan(AttentionKernel::Portable, &c, H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d80_m2");
-        // InternViT-300M 448² batch 32 (d64, two warpgroups).
+        // InternViT-300M 448² batch 32 (d64).
         let p = plan(AUTO, &call(DType::BF16, 64, 32, 1025, 16), H100).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64_w2");
+        assert_eq!(name(&p), "vt_flash_attention_wg_bf16_d64_w3");
     }
 
     #[test]
@@ -301,40 +259,21 @@ mod tests {
         // 512² batch 1 (96 blocks) is above it.
         let p = plan(AUTO, &call(DType::F16, 80, 1, 1034, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
-        // InternViT 448² batch 1 at d64: 144 blocks of 128 rows, below 400;
-        // 96 of 192 rows take the three-warpgroup shape.
+        // InternViT 448² batch 1 at d64: 96 blocks of 192 rows.
         let p = plan(AUTO, &call(DType::F16, 64, 1, 1025, 16), H100).unwrap();
         assert_eq!(
             p,
             Plan::Tiled {
                 name: "vt_flash_attention_wg_f16_d64_w3".into(),
                 blocks: 16 * 6,
-                threads: 384,
-                shared: 3 * 2 * 64 * 64 * 2,
+                threads: 512,
+                shared: 4 * (2 * 64 * 64 * 2 + 16),
             }
         );
-        // Batch 3: 432 blocks of 128 rows fill 82 % of their last wave (two
-        // per SM), 288 of 192 rows 73 %: two warpgroups.
-        let p = plan(AUTO, &call(DType::F16, 64, 3, 1025, 16), H100).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
-        // Batch 4: 576 blocks (73 %) against 384 (97 %): three.
-        let p = plan(AUTO, &call(DType::F16, 64, 4, 1025, 16), H100).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w3");
-        // Batch 32: both 97 %, so the first shape, two warpgroups.
-        let p = plan(AUTO, &call(DType::F16, 64, 32, 1025, 16), H100).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
-        // Waves depend on the device: with 114 multiprocessors (H100 PCIe)
-        // batch 4 fills 576 / 684 = 84 % against 384 / 456 = 84 %: a tie.
-        let pcie = Device {
-            multiprocessors: 114,
-            ..H100
-        };
-        let p = plan(AUTO, &call(DType::F16, 64, 4, 1025, 16), pcie).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d64_w2");
         // 224² batch 1 (32 blocks of 192 rows): the portable kernel.
         let p = plan(AUTO, &call(DType::F16, 64, 1, 257, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_f16_d64_m1");
-        // Forced, even a tiny grid takes a Hopper shape: the small-grid one.
+        // Forced, even a tiny grid takes the Hopper kernel.
         let p = plan(
             AttentionKernel::Hopper,
             &call(DType::F16, 64, 1, 9, 1),
@@ -374,14 +313,6 @@ mod tests {
         // A non-positive scale breaks the fused kernels' max-before-scale trick.
         let c = Call { scale: -1.0, ..c };
         assert_eq!(name(&plan(AUTO, &c, H100).unwrap()), "vt_attention_f16");
-    }
-
-    #[test]
-    fn wave_fill_counts_the_last_wave_only() {
-        assert_eq!(last_wave_fill(264, 264), 1.0);
-        assert_eq!(last_wave_fill(132, 264), 0.5);
-        assert_eq!(last_wave_fill(396, 264), 0.75);
-        assert_eq!(last_wave_fill(7, 0), 1.0);
     }
 
     #[test]

@@ -755,7 +755,6 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             },
             attention::Device {
                 warpgroup_mma: self.rt.has_warpgroup_mma(),
-                multiprocessors: self.rt.multiprocessors(),
             },
         )
         .map_err(|op| Error::NotSupported {
