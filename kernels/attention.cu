@@ -485,8 +485,10 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // Warp-specialised, as FlashAttention-3: a block has WG consumer warpgroups
 // and one producer warpgroup (the last 128 threads). The producer copies K/V
 // tiles of KEYS keys into a ring of WG_STAGES slots of dynamic shared
-// memory; each slot has a `full` mbarrier (the producer's copies have landed)
-// and an `empty` one (every consumer warp is done with the tile). There is
+// memory; each slot has a `full` mbarrier (the producer's copies have landed
+// and each producer thread has fenced its own for the MMAs, which costs less
+// than a fence in every consumer: 1024² batch 4 −10 %) and an `empty` one
+// (every consumer warp is done with the tile). There is
 // no block barrier after the start, so consumer warpgroups drift apart and
 // one's softmax overlaps another's MMAs; with PINGPONG a token ring of named
 // barriers makes them take turns to issue their MMAs, which pays at d64
@@ -606,7 +608,12 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
         fetch_row_chunks<HD>(v_tile(j), vrow, vh, row_ok, head_dim, tid);
         krow += (long)KEYS * ldk;
         vrow += (long)KEYS * ldv;
-        vt_async_arrive(&full[slot]);
+        // Tile j - 1's copies have landed once at most one group (tile j's)
+        // is in flight: fenced for the MMAs' reads, they are announced.
+        vt_async_commit();
+        vt_async_wait<1>();
+        vt_fence_async_smem();
+        if (j > 0) vt_mbar_arrive(&full[(j - 1) % WG_STAGES]);
       } else {
         fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
         fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
@@ -614,19 +621,18 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
         vt_mbar_arrive(&full[slot]);
       }
     }
-    vt_async_commit();
-    vt_async_wait<0>();
+    if (vec) {
+      vt_async_wait<0>();
+      vt_fence_async_smem();
+      vt_mbar_arrive(&full[(num_tiles - 1) % WG_STAGES]);
+    }
     return;
   }
 
   vt_regs_grow<WG_CONSUMER_REGS>();
   const float scale_log2 = scale * 1.4426950408889634f;
-  // Tile j is usable once its copies have landed and this thread has
-  // fenced them for the MMA's (asynchronous) reads.
-  auto acquire = [&](int j) {
-    vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1);
-    vt_fence_async_smem();
-  };
+  // Tile j is usable once its producer threads have announced it.
+  auto acquire = [&](int j) { vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1); };
   // Called once the warp's last MMA reading tile j has completed.
   auto release = [&](int j) {
     __syncwarp();

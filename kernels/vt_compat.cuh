@@ -315,8 +315,8 @@ template <int N> VT_DEVICE void vt_async_wait() {
 // Issue order: vt_wgmma_fence() once the A/D registers are final, the MMAs,
 // vt_wgmma_commit(), vt_wgmma_wait<0>(), then vt_wgmma_hold(d) so the
 // compiler reads D only after the wait. Shared memory written by ordinary or
-// cp.async stores must pass vt_fence_async_smem() before the MMA reads it
-// (by the writer before a barrier, or by the reader after one).
+// cp.async stores must pass vt_fence_async_smem() (by the writing thread,
+// once its writes have landed) before a barrier that the MMA waits on.
 // ---------------------------------------------------------------------------
 #if defined(VT_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define VT_HAS_WGMMA 1
@@ -349,9 +349,8 @@ VT_DEVICE void vt_fence_async_smem() { asm volatile("fence.proxy.async.shared::c
 //   vt_mbar_init(bar, n): n arrivals complete a phase; vt_mbar_init_fence()
 //     then a block barrier publish it. vt_mbar_arrive: one arrival (release:
 //     this thread's earlier shared-memory writes are visible to whoever
-//     waits). vt_async_arrive: one arrival once every cp.async this thread
-//     issued has landed. vt_mbar_wait(bar, parity): until the phase of that
-//     parity has completed (acquire).
+//     waits). vt_mbar_wait(bar, parity): until the phase of that parity has
+//     completed (acquire).
 //   vt_bar_sync / vt_bar_arrive(id, threads): named barriers 1..15 over
 //     `threads` threads, for turn-taking between warpgroups.
 //   vt_regs_shrink / vt_regs_grow<R>: the calling warpgroup's register
@@ -367,9 +366,6 @@ VT_DEVICE void vt_mbar_init(uint64_t* bar, int arrivals) {
 VT_DEVICE void vt_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 VT_DEVICE void vt_mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(vt_smem_addr(bar)) : "memory");
-}
-VT_DEVICE void vt_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(vt_smem_addr(bar)) : "memory");
 }
 VT_DEVICE void vt_mbar_wait(uint64_t* bar, uint32_t parity) {
   uint32_t done = 0;
