@@ -724,13 +724,13 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
 // Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG> (WG consumer
 // warpgroups, 192 rows a block, one block per SM), chosen on an H100 with
-// scripts/kernel_bench.py (docs/performance.md row 33): K/V tiles of 64
-// keys; ping-pong at d64 only (at d80 it was 3 % slower at 512² batch 32).
-// Not built for d96 (unmeasured) or d128, where the previous version of this
-// kernel (two warpgroups; its accumulators leave no registers for a third)
-// was 8 % slower than the portable one. The host mirrors this table
-// (HOPPER_TILES in vitrine-gpu's attention.rs) to size the grid, the block
-// and the shared memory.
+// scripts/kernel_bench.py (docs/performance.md rows 33–35): K/V tiles of 64
+// keys; ping-pong at d64 only (at d80 and d128 it was slower at the large
+// batches). At d128 the consumers spill a little at 160 registers and are
+// still faster than with two warpgroups and 240 registers (InternViT-6B
+// 448² batch 8: 0.415 against 0.496 ms). Not built for d96 (unmeasured).
+// The host mirrors this table (HOPPER_TILES in vitrine-gpu's attention.rs)
+// to size the grid, the block and the shared memory.
 #define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG)                                          \
   VT_KERNEL VT_LAUNCH_BOUNDS(128 * (WG + 1), 1) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(      \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
@@ -738,8 +738,9 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     flash_attention_wg<T, HD, 64, WG, PINGPONG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens,     \
                                                 num_seqs, max_seqlen, heads, head_dim, scale);    \
   }
-#define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)  \
-  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true) \
-  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false)
+#define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)   \
+  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false) \
+  VT_FLASH_ATTENTION_WG(sfx, T, 128, 3, false)
 VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

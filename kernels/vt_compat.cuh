@@ -392,10 +392,13 @@ template <int R> VT_DEVICE void vt_regs_grow() { asm volatile("setmaxnreg.inc.sy
 #define VT_WG_PRED_N64 "setp.ne.b32 p, %37, 0;\n"
 #define VT_WG_REGS_N80 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39}, {%40,%41,%42,%43}, %44, p"
 #define VT_WG_PRED_N80 "setp.ne.b32 p, %45, 0;\n"
+#define VT_WG_REGS_N128 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p"
+#define VT_WG_PRED_N128 "setp.ne.b32 p, %69, 0;\n"
 #define VT_WG_D8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), \
     "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 #define VT_WG_OUT_N64(d) VT_WG_D8(d, 0), VT_WG_D8(d, 8), VT_WG_D8(d, 16), VT_WG_D8(d, 24)
 #define VT_WG_OUT_N80(d) VT_WG_OUT_N64(d), VT_WG_D8(d, 32)
+#define VT_WG_OUT_N128(d) VT_WG_OUT_N64(d), VT_WG_D8(d, 32), VT_WG_D8(d, 40), VT_WG_D8(d, 48), VT_WG_D8(d, 56)
 
 template <int N, bool BF16, int TRANS_B>
 VT_DEVICE void vt_wgmma(float* d, const uint32_t a[4], uint64_t b_desc, int accumulate);
@@ -409,9 +412,10 @@ VT_DEVICE void vt_wgmma(float* d, const uint32_t a[4], uint64_t b_desc, int accu
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));   \
   }
 // The shapes the attention uses: S over 64 keys (n64, K-major B) and P·V
-// at head dims 64 and 80 (n-major B).
-#define VT_WGMMA_SHAPES(BF16, TY) \
-  VT_WGMMA(64, BF16, TY, 0) VT_WGMMA(64, BF16, TY, 1) VT_WGMMA(80, BF16, TY, 1)
+// at head dims 64, 80 and 128 (n-major B).
+#define VT_WGMMA_SHAPES(BF16, TY)                                                   \
+  VT_WGMMA(64, BF16, TY, 0) VT_WGMMA(64, BF16, TY, 1) VT_WGMMA(80, BF16, TY, 1) \
+  VT_WGMMA(128, BF16, TY, 1)
 VT_WGMMA_SHAPES(false, "f16")
 VT_WGMMA_SHAPES(true, "bf16")
 #endif

@@ -134,7 +134,7 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     # warpgroups (64·WG rows) and a producer warpgroup per block, a ring of 4
     # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory;
     # WG per head dim as in kernels/attention.cu.
-    for wg in {64: (3,), 80: (3,)}.get(padded, ()):
+    for wg in {64: (3,), 80: (3,), 128: (3,)}.get(padded, ()):
         configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * (wg + 1),
                         4 * (2 * 64 * padded * 2 + 16)))
     for label, mod in mods:
@@ -244,6 +244,8 @@ def main():
             ("InternViT-300M 224² b1", 1, 257, 16, 64),
             ("InternViT-300M 224² b8", 8, 257, 16, 64),
             ("InternViT-6B 448² b8", 8, 1025, 25, 128),
+            ("InternViT-6B 448² b1", 1, 1025, 25, 128),
+            ("InternViT-6B 448² b2", 2, 1025, 25, 128),
         ]
         for name, seqs, n, h, d in cases:
             rows += attention_case(mods, name, seqs, n, h, d, torch.float16)

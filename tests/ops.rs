@@ -347,16 +347,17 @@ fn erf(x: f64) -> f64 {
 }
 
 fn attention_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
-    // Among them: sequences of 5 and 3 tiles of 64 keys, so the Hopper
-    // kernel's ring of 3 tile slots wraps around; head_dim 60 with a row
-    // stride that is not a multiple of 8 elements (the unaligned tile fetch).
+    // Among them: sequences of 5 tiles of 64 keys at head dims 64, 80 and
+    // 128, so the Hopper kernel's ring of 4 tile slots wraps around; head_dim
+    // 60 with a row stride that is not a multiple of 8 elements (the
+    // unaligned tile fetch).
     let shapes: [(&[usize], usize, usize); 9] = [
         (&[1], 1, 8),
         (&[17, 5, 1], 2, 16),
-        (&[37, 64], 3, 64),
+        (&[37, 290], 3, 64),
         (&[50, 3], 4, 72),
         (&[33], 2, 80),
-        (&[20, 7], 1, 128),
+        (&[300, 7], 1, 128),
         (&[197], 2, 12),
         (&[300, 130], 2, 80),
         (&[70, 9], 3, 60),
