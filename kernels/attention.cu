@@ -558,6 +558,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
                                   int max_seqlen, int heads, int head_dim, float scale) {
   static_assert(KEYS == 64, "the producer copies a 64-key tile with two threads per key");
+  static_assert(WG == 3, "WG_PRODUCER_REGS / WG_CONSUMER_REGS budget a 512-thread block");
   constexpr int ROWS = 64 * WG;
   QueryTile qt;
   if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
