@@ -729,7 +729,8 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 // keys; ping-pong at d64 only (at d80 and d128 it was slower at the large
 // batches). At d128 the consumers spill a little at 160 registers and are
 // still faster than with two warpgroups and 240 registers (InternViT-6B
-// 448² batch 8: 0.415 against 0.496 ms). Not built for d96 (unmeasured).
+// 448² batch 8, one lab run: 0.415 against 0.496 ms). Not built for d96
+// (unmeasured).
 // The host mirrors this table (HOPPER_TILES in vitrine-gpu's attention.rs)
 // to size the grid, the block and the shared memory.
 #define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG)                                          \
