@@ -477,10 +477,10 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // Fused attention on Hopper's warpgroup MMA (sm_90a): the kernel above with
 // its two products moved from per-warp `mma.sync` to `wgmma`, which reads K
 // and V straight from shared memory, runs asynchronously, and is the only
-// path to Hopper's full tensor throughput. Everything else is shared: Q
-// fragments, the online softmax (softmax_tile) and the output (store_rows),
-// so the numerics are the same contract: fp32 scores and statistics, P
-// rounded to T, fp32 accumulation of P·V.
+// path to Hopper's full tensor throughput. The online softmax (softmax_tile)
+// and the output rounding are shared, so the numerics are the same
+// contract: fp32 scores and statistics, P rounded to T, fp32 accumulation of
+// P·V.
 //
 // Warp-specialised, as FlashAttention-3: a block has WG consumer warpgroups
 // and one producer warpgroup (the last 128 threads). The producer copies K/V
@@ -493,7 +493,7 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // one's softmax overlaps another's MMAs; with PINGPONG a token ring of named
 // barriers makes them take turns to issue their MMAs, which pays at d64
 // (shorter MMAs). The producer gives its registers to the consumers
-// (WG_PRODUCER_REGS / WG_CONSUMER_REGS).
+// (WgRegs).
 //
 // Consumer warpgroup w owns 64 query rows, warp i of the block rows
 // 16i..16i+15 (the tile-MMA rows of the kernel above). A K or V tile in
@@ -502,8 +502,19 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // 128; the same bytes are Kᵀ's K-major B operand for S = Q·Kᵀ and V's
 // n-major one for O += P·V.
 //
+// Where Q lives (Q_SS): at d64 and d80 each consumer loads its Q fragments
+// into registers while the producer fetches the first K/V tile, and writes
+// its output straight from registers; the Q tile by the producer, the first
+// K/V tile's announcement waiting for it, was 5–10 % slower there. At d128
+// the Q fragments (32 registers) made the consumers spill and ptxas
+// serialise their MMAs, so Q_SS has the producer copy each warpgroup's Q
+// tile into shared memory with the first K/V tile, S reads both operands
+// from there, and the Q tile then stages the output rows for 16-byte
+// stores (InternViT-6B 448² batch 8 −18 %; docs/performance.md row 39).
+//
 // Launch: block = 128·(WG + 1) threads, dynamic shared memory
-// WG_STAGES · (2 · KEYS · HD · 2 + 16) bytes, grid as for the kernel above
+// WG_STAGES · (2 · KEYS · HD · 2 + 16) bytes, plus WG · 64 · (HD + 8) · 2
+// with Q_SS; grid as for the kernel above
 // with 64·WG rows per block. Only the sm_90a image has the body; elsewhere
 // the entry points exist (every image exports the same names) and write NaN
 // to the rows they own, so a launch that slipped past the host's device
@@ -514,9 +525,13 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // slowest consumer warpgroup (ping-pong needs 3: warpgroups one turn apart).
 #define WG_STAGES 4
 // Register budgets after the split; three consumer warpgroups and the
-// producer share the 128 per thread that a 512-thread block gets.
-#define WG_PRODUCER_REGS 32
-#define WG_CONSUMER_REGS 160
+// producer share the 128 per thread that a 512-thread block gets. With Q
+// in registers the consumers need 160; with Q in shared memory 144 do, and
+// the producer, which then also copies Q, gets 80 so it does not spill.
+template <bool Q_SS> struct WgRegs {
+  static constexpr int producer = Q_SS ? 80 : 32, consumer = Q_SS ? 144 : 160;
+  static_assert(3 * consumer + producer == 512, "the budgets must fill the block's registers exactly");
+};
 
 // Producer thread tid (0..127) copies key row tid / 2 of a 64-key tile, the
 // 16-byte chunks of parity tid % 2, so a warp reads 16 rows × 32 contiguous
@@ -553,12 +568,56 @@ VT_DEVICE void fetch_tile_elements(uint16_t* tile, const uint16_t* base, int ld,
   }
 }
 
-template <typename T, int HD, int KEYS, int WG, bool PINGPONG>
+// Elements between output rows staged in a Q tile's shared memory: 8 more
+// than the head so that a quad's rows fall in different banks.
+#define WG_QPAD(HD) ((HD) + 8)
+
+// A consumer warp's normalised output rows lr and lr + 8 (tile-local) into
+// the row-major staging tile, rounded to T as store_rows rounds them.
+template <typename T, int HD>
+VT_DEVICE void stage_rows(uint16_t* stage, int lr, int t, float (*o)[4], const float l[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = l[h];
+    sum += vt_group_shfl_xor(sum, 1);
+    sum += vt_group_shfl_xor(sum, 2);
+    const float inv = 1.0f / sum;
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d)
+      *(uint32_t*)(stage + (lr + 8 * h) * WG_QPAD(HD) + d * 8 + 2 * t) =
+          vt_pack2<T>(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+  }
+}
+
+// A warpgroup's 64 staged rows (tile rows from global row r0 of the
+// sequence) to the output: 16 bytes a thread where head_dim fills the tile
+// and rows are 16-byte aligned, element by element otherwise; rows past the
+// sequence are skipped.
+template <int HD>
+VT_DEVICE void store_staged(uint16_t* oh, int ldo, int r0, int len, int head_dim,
+                            const uint16_t* stage, int tid) {
+  constexpr int CB = HD / 8;
+  if (head_dim == HD && rows_aligned<16>(oh, ldo)) {
+#pragma unroll 1
+    for (int i = tid; i < 64 * CB; i += 128) {
+      const int r = i / CB, c = i % CB;
+      if (r0 + r < len)
+        *(uint4*)(oh + (long)(r0 + r) * ldo + c * 8) = *(const uint4*)(stage + r * WG_QPAD(HD) + c * 8);
+    }
+  } else {
+    for (int i = tid; i < 64 * HD; i += 128) {
+      const int r = i / HD, c = i % HD;
+      if (r0 + r < len && c < head_dim) oh[(long)(r0 + r) * ldo + c] = stage[r * WG_QPAD(HD) + c];
+    }
+  }
+}
+
+template <typename T, int HD, int KEYS, int WG, bool PINGPONG, bool Q_SS>
 VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv,
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
                                   int max_seqlen, int heads, int head_dim, float scale) {
   static_assert(KEYS == 64, "the producer copies a 64-key tile with two threads per key");
-  static_assert(WG == 3, "WG_PRODUCER_REGS / WG_CONSUMER_REGS budget a 512-thread block");
+  static_assert(WG == 3, "WgRegs budgets a 512-thread block");
   constexpr int ROWS = 64 * WG;
   QueryTile qt;
   if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
@@ -567,15 +626,17 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   const int col0 = head * head_dim;
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int ra = q0 + warp * 16 + g;
   T* oh = out + (long)start * ldo + col0;
 #if VT_HAS_WGMMA
   constexpr bool BF16 = !__is_same(T, vt_f16);
-  constexpr int CB = HD / 8, TILE = KEYS * HD;
+  constexpr int CB = HD / 8, TILE = KEYS * HD, QTILE = Q_SS ? 64 * WG_QPAD(HD) : 0;
   // The ring: tile j's K at smem + (j mod WG_STAGES)·2·TILE, its V right
-  // after; then the slots' full and empty barriers.
+  // after; then each consumer warpgroup's Q tile (core matrices, the A
+  // operand of S; at the end the staging area of its output rows, QPAD
+  // elements apart); then the slots' full and empty barriers.
   extern __shared__ __align__(128) uint16_t smem[];
-  uint64_t* full = (uint64_t*)(smem + WG_STAGES * 2 * TILE);
+  uint16_t* q_tiles = smem + WG_STAGES * 2 * TILE;
+  uint64_t* full = (uint64_t*)(q_tiles + WG * QTILE);
   uint64_t* empty = full + WG_STAGES;
   if (threadIdx.x == 0) {
     for (int s = 0; s < WG_STAGES; ++s) {
@@ -592,11 +653,12 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   if (wg == WG) {
     // Producer: tile j goes into its slot once the consumers have released
     // the tile WG_STAGES before it.
-    vt_regs_shrink<WG_PRODUCER_REGS>();
+    vt_regs_shrink<WgRegs<Q_SS>::producer>();
     const int tid = threadIdx.x - 128 * WG;
+    const uint16_t* qh = (const uint16_t*)(q + (long)start * ldq + col0);
     const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
     const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-    const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim);
+    const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim) && (!Q_SS || rows_aligned<16>(qh, ldq));
     const uint16_t *krow = kh + (long)(tid / 2) * ldk, *vrow = vh + (long)(tid / 2) * ldv;
 #pragma unroll 1
     for (int j = 0; j < num_tiles; ++j) {
@@ -605,6 +667,13 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
       const int rows = min(KEYS, len - j * KEYS);
       if (vec) {
         const bool row_ok = tid / 2 < rows;
+        // The Q tiles travel with the first K/V tile and its announcement.
+        if (Q_SS && j == 0)
+#pragma unroll 1
+          for (int w = 0; w < WG; ++w) {
+            const int r = q0 + 64 * w + tid / 2;
+            fetch_row_chunks<HD>(q_tiles + w * QTILE, qh + (long)r * ldq, qh, r < len, head_dim, tid);
+          }
         fetch_row_chunks<HD>(k_tile(j), krow, kh, row_ok, head_dim, tid);
         fetch_row_chunks<HD>(v_tile(j), vrow, vh, row_ok, head_dim, tid);
         krow += (long)KEYS * ldk;
@@ -616,6 +685,10 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
         vt_fence_async_smem();
         if (j > 0) vt_mbar_arrive(&full[(j - 1) % WG_STAGES]);
       } else {
+        if (Q_SS && j == 0)
+          for (int w = 0; w < WG; ++w)
+            fetch_tile_elements<HD, 64>(q_tiles + w * QTILE, qh + (long)(q0 + 64 * w) * ldq, ldq,
+                                        len - q0 - 64 * w, head_dim, tid);
         fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
         fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
         vt_fence_async_smem();
@@ -630,7 +703,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     return;
   }
 
-  vt_regs_grow<WG_CONSUMER_REGS>();
+  vt_regs_grow<WgRegs<Q_SS>::consumer>();
   const float scale_log2 = scale * 1.4426950408889634f;
   // Tile j is usable once its producer threads have announced it.
   auto acquire = [&](int j) { vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1); };
@@ -648,12 +721,21 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   auto turn_end = [&](bool last) {
     if (PINGPONG && !(last && wg == WG - 1)) vt_bar_arrive(1 + (wg + 1) % WG, 256);
   };
-  // S = Q·K_jᵀ: HD/16 k-steps over the whole tile, issued (not waited for).
-  auto issue_scores = [&](float* s, const uint32_t (*qf)[4], int j) {
+  // S = Q·K_jᵀ: HD/16 k-steps over the whole tile, both operands in shared
+  // memory in the same layout, issued (not waited for).
+  uint16_t* q_tile = q_tiles + wg * QTILE;
+  uint32_t qf[Q_SS ? 1 : HD / 16][4];
+  if (!Q_SS) load_q<T, HD>(qf, q + (long)start * ldq + col0, ldq, q0 + warp * 16 + g, len, head_dim, t);
+  auto issue_scores = [&](float* s, int j) {
     vt_wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      vt_wgmma<KEYS, BF16, 0>(s, qf[kk], vt_wgmma_desc(k_tile(j) + kk * 128, 128, CB * 128), kk > 0);
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint64_t kd = vt_wgmma_desc(k_tile(j) + kk * 128, 128, CB * 128);
+      if (Q_SS)
+        vt_wgmma_ss<KEYS, BF16>(s, vt_wgmma_desc(q_tile + kk * 128, 128, CB * 128), kd, kk > 0);
+      else
+        vt_wgmma<KEYS, BF16, 0>(s, qf[kk], kd, kk > 0);
+    }
   };
   // O += P·V_j: KEYS/16 k-steps, each 16 keys (two row blocks) × HD.
   auto issue_values = [&](float* o, const uint32_t (*pa)[4], int j) {
@@ -664,8 +746,6 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   };
 
   if (PINGPONG && wg == WG - 1) vt_bar_arrive(1, 256);
-  uint32_t qf[HD / 16][4];
-  load_q<T, HD>(qf, q + (long)start * ldq + col0, ldq, ra, len, head_dim, t);
   float o[HD / 8][4], s[KEYS / 8][4];
   float m[2] = {vt_neg_inf(), vt_neg_inf()}, l[2] = {0.0f, 0.0f}, resc[2];
   uint32_t pa[KEYS / 16][4];
@@ -674,7 +754,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
   acquire(0);
   turn_begin();
-  issue_scores(&s[0][0], qf, 0);
+  issue_scores(&s[0][0], 0);
   vt_wgmma_commit();
   turn_end(false);
   vt_wgmma_wait<0>();
@@ -691,7 +771,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   for (int j = 0; j + 1 < num_tiles; ++j) {
     acquire(j + 1);
     turn_begin();
-    issue_scores(&s[0][0], qf, j + 1);
+    issue_scores(&s[0][0], j + 1);
     vt_wgmma_commit();
     issue_values(&o[0][0], pa, j);
     vt_wgmma_commit();
@@ -711,12 +791,19 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   turn_end(true);
   vt_wgmma_wait<0>();
   vt_wgmma_hold<HD / 2>(&o[0][0]);
-  store_rows<T, HD>(oh, ldo, ra, len, head_dim, t, o, l);
+  if (Q_SS) {
+    // Every MMA reading the Q tile has completed: it stages the output rows.
+    stage_rows<T, HD>(q_tile, (warp % 4) * 16 + g, t, o, l);
+    vt_bar_sync(1 + WG + wg, 128);
+    store_staged<HD>((uint16_t*)oh, ldo, q0 + 64 * wg, len, head_dim, q_tile, threadIdx.x % 128);
+  } else {
+    store_rows<T, HD>(oh, ldo, q0 + warp * 16 + g, len, head_dim, t, o, l);
+  }
 #else
   (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale;
   if (wg == WG) return;  // the producer warpgroup owns no rows
   for (int h = 0; h < 2; ++h) {
-    const int r = ra + 8 * h;
+    const int r = q0 + warp * 16 + g + 8 * h;
     if (r >= len) continue;
     for (int c = t; c < head_dim; c += 4) oh[(long)r * ldo + c] = vt_from_f32<T>(vt_bits_to_f32(0x7fc00000u));
   }
@@ -727,22 +814,23 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 // warpgroups, 192 rows a block, one block per SM), chosen on an H100 with
 // scripts/kernel_bench.py (docs/performance.md rows 33–35): K/V tiles of 64
 // keys; ping-pong at d64 only (at d80 and d128 it was slower at the large
-// batches). At d128 the consumers spill a little at 160 registers and are
-// still faster than with two warpgroups and 240 registers (InternViT-6B
-// 448² batch 8, one lab run: 0.415 against 0.496 ms). Not built for d96
-// (unmeasured).
+// batches); Q in shared memory at d128 only (row 39). At d128 three
+// consumer warpgroups were faster than two with 240 registers (InternViT-6B
+// 448² batch 8, one lab run: 0.415 against 0.496 ms, Q then in registers).
+// Not built for d96 (unmeasured).
 // The host mirrors this table (HOPPER_TILES in vitrine-gpu's attention.rs)
 // to size the grid, the block and the shared memory.
-#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG)                                          \
+#define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG, Q_SS)                                  \
   VT_KERNEL VT_LAUNCH_BOUNDS(128 * (WG + 1), 1) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(      \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
       const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) {  \
-    flash_attention_wg<T, HD, 64, WG, PINGPONG>(q, ldq, k, ldk, v, ldv, out, ldo, cu_seqlens,     \
-                                                num_seqs, max_seqlen, heads, head_dim, scale);    \
+    flash_attention_wg<T, HD, 64, WG, PINGPONG, Q_SS>(q, ldq, k, ldk, v, ldv, out, ldo,           \
+                                                      cu_seqlens, num_seqs, max_seqlen, heads,    \
+                                                      head_dim, scale);                           \
   }
 #define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)   \
-  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true)  \
-  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false) \
-  VT_FLASH_ATTENTION_WG(sfx, T, 128, 3, false)
+  VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true, false)  \
+  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false, false) \
+  VT_FLASH_ATTENTION_WG(sfx, T, 128, 3, false, true)
 VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

@@ -411,6 +411,20 @@ VT_DEVICE void vt_wgmma(float* d, const uint32_t a[4], uint64_t b_desc, int accu
                  : VT_WG_OUT_N##N(d)                                                             \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));   \
   }
+// vt_wgmma_ss<N, BF16>: the same with A also read from shared memory through
+// a descriptor (core matrices as for B, K-major), so its registers are free.
+template <int N, bool BF16>
+VT_DEVICE void vt_wgmma_ss(float* d, uint64_t a_desc, uint64_t b_desc, int accumulate);
+#define VT_WGMMA_SS(N, BF16, TY)                                                                 \
+  template <>                                                                                    \
+  VT_DEVICE void vt_wgmma_ss<N, BF16>(float* d, uint64_t a_desc, uint64_t b_desc, int accumulate) { \
+    asm volatile("{\n.reg .pred p;\n" VT_WG_PRED_SS_N##N "wgmma.mma_async.sync.aligned.m64n" #N  \
+                 "k16.f32." TY "." TY " " VT_WG_REGS_SS_N##N ", 1, 1, 0, 0;\n}\n"              \
+                 : VT_WG_OUT_N##N(d)                                                             \
+                 : "l"(a_desc), "l"(b_desc), "r"(accumulate));                                   \
+  }
+#define VT_WG_REGS_SS_N64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p"
+#define VT_WG_PRED_SS_N64 "setp.ne.b32 p, %34, 0;\n"
 // The shapes the attention uses: S over 64 keys (n64, K-major B) and P·V
 // at head dims 64, 80 and 128 (n-major B).
 #define VT_WGMMA_SHAPES(BF16, TY)                                                   \
@@ -418,6 +432,8 @@ VT_DEVICE void vt_wgmma(float* d, const uint32_t a[4], uint64_t b_desc, int accu
   VT_WGMMA(128, BF16, TY, 1)
 VT_WGMMA_SHAPES(false, "f16")
 VT_WGMMA_SHAPES(true, "bf16")
+VT_WGMMA_SS(64, false, "f16")
+VT_WGMMA_SS(64, true, "bf16")
 #endif
 
 // Launch bounds: CUDA's second argument (minimum resident blocks per SM) has

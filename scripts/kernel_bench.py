@@ -132,11 +132,13 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
                 for g in (2, 4, 8) for mt in (1, 2) for b in (1, 2, 3, 4, 6)]
     # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>_w<WG>, WG consumer
     # warpgroups (64·WG rows) and a producer warpgroup per block, a ring of 4
-    # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory;
+    # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory,
+    # at d128 also the consumers' Q tiles (64 rows of HD + 8 elements each);
     # WG per head dim as in kernels/attention.cu.
     for wg in {64: (3,), 80: (3,), 128: (3,)}.get(padded, ()):
+        q_tiles = wg * 64 * (padded + 8) * 2 if padded == 128 else 0
         configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * (wg + 1),
-                        4 * (2 * 64 * padded * 2 + 16)))
+                        4 * (2 * 64 * padded * 2 + 16) + q_tiles))
     for label, mod in mods:
         for fname, tag, rows_per_block, threads, smem in configs:
             f = mod.function(fname)

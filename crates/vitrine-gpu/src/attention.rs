@@ -42,6 +42,9 @@ struct HopperTile {
     warpgroups: usize,
     /// Blocks from which it beats the portable fused kernel.
     min_blocks: usize,
+    /// Whether the kernel keeps each consumer warpgroup's 64 Q rows in shared
+    /// memory (`Q_SS`), 8 elements of padding per row after the ring.
+    q_in_shared: bool,
 }
 
 /// The Hopper kernel's shapes, as instantiated in kernels/attention.cu
@@ -51,33 +54,38 @@ struct HopperTile {
 /// against 0.0456, 32 blocks (224², batch 1) 0.0109 against 0.0099; d64, 96
 /// blocks (448², batch 1) 0.0242 against 0.0372, 32 blocks (224², batch 1)
 /// 0.0109 against 0.0095; d128 (InternViT-6B 448², 25 heads; PyTorch's flash
-/// kernel in brackets): 1200 blocks (batch 8) 0.417 against 0.542 (0.371),
-/// 300 blocks (batch 2) 0.132 against 0.156 (0.113), 150 blocks (batch 1)
-/// 0.085 against 0.089 (0.058).
+/// kernel in brackets), Q in shared memory (row 39): 1200 blocks (batch 8)
+/// 0.351 against 0.542 (0.377), 150 blocks (batch 1) 0.067 against 0.089
+/// (0.065).
 const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,
         warpgroups: 3,
         min_blocks: 64,
+        q_in_shared: false,
     },
     HopperTile {
         head_dim: 80,
         warpgroups: 3,
         min_blocks: 64,
+        q_in_shared: false,
     },
     HopperTile {
         head_dim: 128,
         warpgroups: 3,
         min_blocks: 64,
+        q_in_shared: true,
     },
 ];
 
 /// Keys per K/V tile of the Hopper kernel, tiles in its shared ring, and the
 /// two mbarriers (8 bytes each) per tile that pass them between producer and
-/// consumers (`WG_STAGES` in kernels/attention.cu).
+/// consumers (`WG_STAGES` in kernels/attention.cu), and the padding of a
+/// shared Q row (`WG_QPAD`).
 const HOPPER_KEYS: usize = 64;
 const HOPPER_STAGES: usize = 4;
 const HOPPER_BARRIER_BYTES: usize = 16;
+const HOPPER_Q_PAD: usize = 8;
 
 impl AttentionKernel {
     pub(crate) fn from_env() -> Result<Self> {
@@ -168,13 +176,17 @@ pub(crate) fn plan(
         });
         if let Some(tile) = chosen {
             let wg = tile.warpgroups;
+            let elem = call.dtype.size_in_bytes();
+            let ring = HOPPER_STAGES * (2 * HOPPER_KEYS * padded * elem + HOPPER_BARRIER_BYTES);
+            let q_tiles = match tile.q_in_shared {
+                true => wg * 64 * (padded + HOPPER_Q_PAD) * elem,
+                false => 0,
+            };
             return Ok(Plan::Tiled {
                 name: format!("vt_flash_attention_wg_{dt}_d{padded}_w{wg}"),
                 blocks: blocks(64 * wg),
                 threads: 128 * (wg + 1) as u32,
-                shared: (HOPPER_STAGES
-                    * (2 * HOPPER_KEYS * padded * call.dtype.size_in_bytes()
-                        + HOPPER_BARRIER_BYTES)) as u32,
+                shared: (ring + q_tiles) as u32,
             });
         }
     }
@@ -297,9 +309,19 @@ mod tests {
     fn head_dims_pad_to_an_instantiated_kernel() {
         let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
-        // InternViT-6B (d128) takes it; no Hopper kernel at d96 (unmeasured).
+        // InternViT-6B (d128) takes it, its Q tiles in shared memory after the
+        // ring (64 rows of 128 + 8 elements per consumer warpgroup); no
+        // Hopper kernel at d96 (unmeasured).
         let p = plan(AUTO, &call(DType::F16, 128, 8, 1025, 25), H100).unwrap();
-        assert_eq!(name(&p), "vt_flash_attention_wg_f16_d128_w3");
+        assert_eq!(
+            p,
+            Plan::Tiled {
+                name: "vt_flash_attention_wg_f16_d128_w3".into(),
+                blocks: 8 * 25 * 6,
+                threads: 512,
+                shared: 4 * (2 * 64 * 128 * 2 + 16) + 3 * 64 * 136 * 2,
+            }
+        );
         assert_eq!(
             forced(&call(DType::F16, 96, 32, 1025, 25)),
             "vt_flash_attention_f16_d96_m2"
