@@ -524,6 +524,9 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // K/V tiles in the ring: the producer runs up to this many tiles ahead of the
 // slowest consumer warpgroup (ping-pong needs 3: warpgroups one turn apart).
 #define WG_STAGES 4
+// Named barrier of the producer warpgroup's own copies (ping-pong takes
+// 1..3, the consumers' output staging 4..6).
+#define WG_PRODUCER_BARRIER 7
 // Register budgets after the split; three consumer warpgroups and the
 // producer share the 128 per thread that a 512-thread block gets. With Q
 // in registers the consumers need 160; with Q in shared memory 144 do, and
@@ -532,6 +535,13 @@ template <bool Q_SS> struct WgRegs {
   static constexpr int producer = Q_SS ? 80 : 32, consumer = Q_SS ? 144 : 160;
   static_assert(3 * consumer + producer == 512, "the budgets must fill the block's registers exactly");
 };
+
+// A 64-row tile (K, V or Q) in shared memory is column block after column
+// block: the 8 columns cb·8..cb·8+7 of all 64 rows, 16 bytes a row, fill
+// elements [cb·WG_COLUMN_BLOCK, (cb + 1)·WG_COLUMN_BLOCK). So core matrix
+// (rows 8rb.., columns 8cb..) sits at byte cb·1024 + rb·128, and the layout
+// is what a TMA box of {8 columns, 64 rows, HD/8 column blocks} writes.
+#define WG_COLUMN_BLOCK (64 * 8)
 
 // Producer thread tid (0..127) copies key row tid / 2 of a 64-key tile, the
 // 16-byte chunks of parity tid % 2, so a warp reads 16 rows × 32 contiguous
@@ -547,12 +557,12 @@ VT_DEVICE void fetch_row_chunks(uint16_t* tile, const uint16_t* row, const uint1
   static_assert(HD % 16 == 0, "two threads per key row share its 16-byte chunks evenly");
   constexpr int CB = HD / 8;
   const int r = tid / 2, half = tid % 2;
-  uint16_t* dst = tile + ((r / 8) * CB + half) * 64 + (r % 8) * 8;
+  uint16_t* dst = tile + half * WG_COLUMN_BLOCK + r * 8;
 #pragma unroll
   for (int i = 0; i < CB / 2; ++i) {
     const int c = 2 * i + half;
     const bool valid = row_ok && c * 8 < head_dim;
-    vt_copy16_async(dst + 2 * i * 64, valid ? row + c * 8 : first, valid);
+    vt_copy16_async(dst + 2 * i * WG_COLUMN_BLOCK, valid ? row + c * 8 : first, valid);
   }
 }
 
@@ -560,10 +570,10 @@ VT_DEVICE void fetch_row_chunks(uint16_t* tile, const uint16_t* row, const uint1
 template <int HD, int KEYS>
 VT_DEVICE void fetch_tile_elements(uint16_t* tile, const uint16_t* base, int ld, int rows,
                                    int head_dim, int tid) {
-  constexpr int CB = HD / 8;
+  static_assert(KEYS == 64, "tiles of 64 rows (WG_COLUMN_BLOCK)");
   for (int i = tid; i < KEYS * HD; i += 128) {
     const int r = i / HD, c = i % HD;
-    tile[((r / 8) * CB + c / 8) * 64 + (r % 8) * 8 + c % 8] =
+    tile[(c / 8) * WG_COLUMN_BLOCK + r * 8 + c % 8] =
         (r < rows && c < head_dim) ? base[(long)r * ld + c] : (uint16_t)0;
   }
 }
@@ -615,7 +625,8 @@ VT_DEVICE void store_staged(uint16_t* oh, int ldo, int r0, int len, int head_dim
 template <typename T, int HD, int KEYS, int WG, bool PINGPONG, bool Q_SS>
 VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv,
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
-                                  int max_seqlen, int heads, int head_dim, float scale) {
+                                  int max_seqlen, int heads, int head_dim, float scale, int use_tma,
+                                  const vt_tensor_map* k_map, const vt_tensor_map* v_map) {
   static_assert(KEYS == 64, "the producer copies a 64-key tile with two threads per key");
   static_assert(WG == 3, "WgRegs budgets a 512-thread block");
   constexpr int ROWS = 64 * WG;
@@ -629,7 +640,11 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   T* oh = out + (long)start * ldo + col0;
 #if VT_HAS_WGMMA
   constexpr bool BF16 = !__is_same(T, vt_f16);
-  constexpr int CB = HD / 8, TILE = KEYS * HD, QTILE = Q_SS ? 64 * WG_QPAD(HD) : 0;
+  constexpr int TILE = KEYS * HD, QTILE = Q_SS ? 64 * WG_QPAD(HD) : 0;
+  // wgmma descriptors: a k-step of S is two column blocks of K (and Q), one
+  // of P·V two row blocks of V (8 rows, 128 bytes each); consecutive column
+  // blocks are COLUMN_BLOCK_BYTES apart.
+  constexpr uint32_t COLUMN_BLOCK_BYTES = WG_COLUMN_BLOCK * sizeof(uint16_t);
   // The ring: tile j's K at smem + (j mod WG_STAGES)·2·TILE, its V right
   // after; then each consumer warpgroup's Q tile (core matrices, the A
   // operand of S; at the end the staging area of its output rows, QPAD
@@ -640,7 +655,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
   uint64_t* empty = full + WG_STAGES;
   if (threadIdx.x == 0) {
     for (int s = 0; s < WG_STAGES; ++s) {
-      vt_mbar_init(&full[s], 128);     // every producer thread
+      vt_mbar_init(&full[s], 1);        // one producer thread (and the TMA bytes)
       vt_mbar_init(&empty[s], 4 * WG);  // every consumer warp
     }
     vt_mbar_init_fence();
@@ -659,46 +674,53 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
     const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
     const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim) && (!Q_SS || rows_aligned<16>(qh, ldq));
+    // Whole tiles of a head that fills HD come by TMA (where the host built
+    // the maps: use_tma), one request each for K and V; the rest (a
+    // sequence's last, partial tile, where TMA would read the next
+    // sequence's keys, or unaligned slices) the producer threads copy,
+    // zero-filled, fence and announce together.
+    const bool tma = use_tma && vec && head_dim == HD;
     const uint16_t *krow = kh + (long)(tid / 2) * ldk, *vrow = vh + (long)(tid / 2) * ldv;
+    auto copies_landed = [&]() {
+      vt_async_commit();
+      vt_async_wait<0>();
+      vt_fence_async_smem();
+      vt_bar_sync(WG_PRODUCER_BARRIER, 128);
+    };
 #pragma unroll 1
     for (int j = 0; j < num_tiles; ++j) {
       const int slot = j % WG_STAGES;
       if (j >= WG_STAGES) vt_mbar_wait(&empty[slot], ((j / WG_STAGES) + 1) & 1);
       const int rows = min(KEYS, len - j * KEYS);
-      if (vec) {
-        const bool row_ok = tid / 2 < rows;
+      const bool whole = tma && rows == KEYS;
+      if (Q_SS && j == 0) {
         // The Q tiles travel with the first K/V tile and its announcement.
-        if (Q_SS && j == 0)
-#pragma unroll 1
-          for (int w = 0; w < WG; ++w) {
-            const int r = q0 + 64 * w + tid / 2;
-            fetch_row_chunks<HD>(q_tiles + w * QTILE, qh + (long)r * ldq, qh, r < len, head_dim, tid);
-          }
-        fetch_row_chunks<HD>(k_tile(j), krow, kh, row_ok, head_dim, tid);
-        fetch_row_chunks<HD>(v_tile(j), vrow, vh, row_ok, head_dim, tid);
-        krow += (long)KEYS * ldk;
-        vrow += (long)KEYS * ldv;
-        // Tile j - 1's copies have landed once at most one group (tile j's)
-        // is in flight: fenced for the MMAs' reads, they are announced.
-        vt_async_commit();
-        vt_async_wait<1>();
-        vt_fence_async_smem();
-        if (j > 0) vt_mbar_arrive(&full[(j - 1) % WG_STAGES]);
-      } else {
-        if (Q_SS && j == 0)
-          for (int w = 0; w < WG; ++w)
-            fetch_tile_elements<HD, 64>(q_tiles + w * QTILE, qh + (long)(q0 + 64 * w) * ldq, ldq,
-                                        len - q0 - 64 * w, head_dim, tid);
-        fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
-        fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
-        vt_fence_async_smem();
-        vt_mbar_arrive(&full[slot]);
+        for (int w = 0; w < WG; ++w) {
+          uint16_t* dst = q_tiles + w * QTILE;
+          const int r = q0 + 64 * w;
+          if (vec) fetch_row_chunks<HD>(dst, qh + (long)(r + tid / 2) * ldq, qh, r + tid / 2 < len, head_dim, tid);
+          else fetch_tile_elements<HD, 64>(dst, qh + (long)r * ldq, ldq, len - r, head_dim, tid);
+        }
+        if (whole) copies_landed();
       }
-    }
-    if (vec) {
-      vt_async_wait<0>();
-      vt_fence_async_smem();
-      vt_mbar_arrive(&full[(num_tiles - 1) % WG_STAGES]);
+      if (whole) {
+        if (tid == 0) {
+          vt_mbar_arrive_expect_tx(&full[slot], 2 * TILE * sizeof(T));
+          vt_tma_load_3d(k_tile(j), k_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
+          vt_tma_load_3d(v_tile(j), v_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
+        }
+      } else {
+        if (vec) {
+          const long r = (long)j * KEYS;
+          fetch_row_chunks<HD>(k_tile(j), krow + r * ldk, kh, tid / 2 < rows, head_dim, tid);
+          fetch_row_chunks<HD>(v_tile(j), vrow + r * ldv, vh, tid / 2 < rows, head_dim, tid);
+        } else {
+          fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
+          fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
+        }
+        copies_landed();
+        if (tid == 0) vt_mbar_arrive(&full[slot]);
+      }
     }
     return;
   }
@@ -730,9 +752,10 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     vt_wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-      const uint64_t kd = vt_wgmma_desc(k_tile(j) + kk * 128, 128, CB * 128);
+      const uint64_t kd = vt_wgmma_desc(k_tile(j) + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128);
       if (Q_SS)
-        vt_wgmma_ss<KEYS, BF16>(s, vt_wgmma_desc(q_tile + kk * 128, 128, CB * 128), kd, kk > 0);
+        vt_wgmma_ss<KEYS, BF16>(s, vt_wgmma_desc(q_tile + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128),
+                                kd, kk > 0);
       else
         vt_wgmma<KEYS, BF16, 0>(s, qf[kk], kd, kk > 0);
     }
@@ -742,7 +765,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     vt_wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < KEYS / 16; ++kk)
-      vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(j) + kk * 2 * CB * 64, CB * 128, 128), 1);
+      vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(j) + kk * 128, 128, COLUMN_BLOCK_BYTES), 1);
   };
 
   if (PINGPONG && wg == WG - 1) vt_bar_arrive(1, 256);
@@ -800,7 +823,7 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
     store_rows<T, HD>(oh, ldo, q0 + warp * 16 + g, len, head_dim, t, o, l);
   }
 #else
-  (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale;
+  (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale, (void)use_tma, (void)k_map, (void)v_map;
   if (wg == WG) return;  // the producer warpgroup owns no rows
   for (int h = 0; h < 2; ++h) {
     const int r = q0 + warp * 16 + g + 8 * h;
@@ -812,25 +835,29 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
 // Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG> (WG consumer
 // warpgroups, 192 rows a block, one block per SM), chosen on an H100 with
-// scripts/kernel_bench.py (docs/performance.md rows 33–35): K/V tiles of 64
-// keys; ping-pong at d64 only (at d80 and d128 it was slower at the large
-// batches); Q in shared memory at d128 only (row 39). At d128 three
+// scripts/kernel_bench.py and the lab (docs/performance.md rows 33–41): K/V
+// tiles of 64 keys; ping-pong at d64 and, since K/V come by TMA, at d80
+// (at d128 it was slower); Q in shared memory at d128 only. At d128 three
 // consumer warpgroups were faster than two with 240 registers (InternViT-6B
 // 448² batch 8, one lab run: 0.415 against 0.496 ms, Q then in registers).
-// Not built for d96 (unmeasured).
+// Not built for d96 (unmeasured). Parameters after the shared ones:
+// use_tma (the host built k_map and v_map, 3D maps {8 columns, rows, column
+// blocks} over the K and V slices with boxes {8, 64, HD/8}) and the maps.
 // The host mirrors this table (HOPPER_TILES in vitrine-gpu's attention.rs)
 // to size the grid, the block and the shared memory.
 #define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG, Q_SS)                                  \
   VT_KERNEL VT_LAUNCH_BOUNDS(128 * (WG + 1), 1) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(      \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
-      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale) {  \
+      const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale,   \
+      int use_tma, const VT_GRID_CONSTANT vt_tensor_map k_map,                                    \
+      const VT_GRID_CONSTANT vt_tensor_map v_map) {                                               \
     flash_attention_wg<T, HD, 64, WG, PINGPONG, Q_SS>(q, ldq, k, ldk, v, ldv, out, ldo,           \
                                                       cu_seqlens, num_seqs, max_seqlen, heads,    \
-                                                      head_dim, scale);                           \
+                                                      head_dim, scale, use_tma, &k_map, &v_map);  \
   }
 #define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)   \
   VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true, false)  \
-  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, false, false) \
+  VT_FLASH_ATTENTION_WG(sfx, T, 80, 3, true, false)  \
   VT_FLASH_ATTENTION_WG(sfx, T, 128, 3, false, true)
 VT_FLASH_ATTENTION_WG_DIMS(f16, vt_f16)
 VT_FLASH_ATTENTION_WG_DIMS(bf16, vt_bf16)

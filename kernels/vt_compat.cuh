@@ -296,6 +296,19 @@ template <int N> VT_DEVICE void vt_async_wait() {
 }
 #endif
 
+// A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), passed
+// by value. The type exists for every vendor so that every image exports the
+// same kernel signatures; only sm_90a code reads it. VT_GRID_CONSTANT keeps
+// the parameter in constant space, where TMA instructions can address it.
+struct alignas(64) vt_tensor_map {
+  unsigned long long opaque[16];
+};
+#if defined(VT_CUDA)
+#define VT_GRID_CONSTANT __grid_constant__
+#else
+#define VT_GRID_CONSTANT
+#endif
+
 // ---------------------------------------------------------------------------
 // Warpgroup MMA (NVIDIA Hopper, sm_90a only; VT_HAS_WGMMA is 0 everywhere
 // else, including the sm_80/sm_90 SASS and the PTX of the same fatbin).
@@ -382,6 +395,23 @@ VT_DEVICE void vt_bar_sync(int id, int threads) {
 }
 VT_DEVICE void vt_bar_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Tensor-memory copies (TMA): one thread asks the copy engine for a whole
+// box of a tensor described by a tensor map (built on the host with
+// cuTensorMapEncodeTiled and passed by value as a VT_GRID_CONSTANT kernel
+// parameter); the bytes land in shared memory and count down the mbarrier's
+// transaction count, which vt_mbar_arrive_expect_tx set, so the waiting side
+// needs no fence (the copies and wgmma are both in the async proxy).
+VT_DEVICE void vt_mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(vt_smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+VT_DEVICE void vt_tma_load_3d(void* dst, const vt_tensor_map* map, int c0, int c1, int c2, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          vt_smem_addr(dst)),
+      "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(vt_smem_addr(bar))
+      : "memory");
 }
 template <int R> VT_DEVICE void vt_regs_shrink() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> VT_DEVICE void vt_regs_grow() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }

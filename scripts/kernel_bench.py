@@ -93,6 +93,21 @@ def timed(fn, warmup=3, reps=15, inner=10):
     return times[len(times) // 2]
 
 
+def column_block_map(t, rows, width, ld, d):
+    """The Hopper kernel's TMA map over a head-sliced matrix (as vitrine-gpu's
+    ColumnBlockMap): {8 columns, rows, column blocks}, boxes of 64 rows × one
+    head; encoded 64-byte aligned, returned as the 128 bytes to pass."""
+    raw = (ctypes.c_uint64 * 24)()
+    at = ctypes.addressof(raw) + (-ctypes.addressof(raw)) % 64
+    check(CUDA.cuTensorMapEncodeTiled(
+        ctypes.c_void_p(at), 1, 3, ctypes.c_void_p(t.data_ptr()),
+        (ctypes.c_uint64 * 3)(8, rows, width // 8), (ctypes.c_uint64 * 2)(ld * 2, 16),
+        (ctypes.c_uint32 * 3)(8, 64, d // 8), (ctypes.c_uint32 * 3)(1, 1, 1), 0, 0, 0, 0), "tensor map")
+    out = (ctypes.c_uint64 * 16)()
+    ctypes.memmove(out, at, 128)
+    return out
+
+
 def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     dev = "cuda"
     width = heads * d
@@ -134,7 +149,8 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     # warpgroups (64·WG rows) and a producer warpgroup per block, a ring of 4
     # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory,
     # at d128 also the consumers' Q tiles (64 rows of HD + 8 elements each);
-    # WG per head dim as in kernels/attention.cu.
+    # WG per head dim as in kernels/attention.cu; after the shared arguments
+    # use_tma and TMA maps over K and V.
     for wg in {64: (3,), 80: (3,), 128: (3,)}.get(padded, ()):
         q_tiles = wg * 64 * (padded + 8) * 2 if padded == 128 else 0
         configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * (wg + 1),
@@ -152,6 +168,11 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
                     ctypes.c_int32(3 * width), ptr(out), ctypes.c_int32(width), ptr(cu),
                     ctypes.c_int32(seqs), ctypes.c_int32(seqlen), ctypes.c_int32(heads),
                     ctypes.c_int32(d), ctypes.c_float(scale)]
+            if fname.startswith("vt_flash_attention_wg_"):
+                tma = d == padded
+                args += [ctypes.c_int32(int(tma))] + [
+                    column_block_map(x, total, width, 3 * width, d) if tma else (ctypes.c_uint64 * 16)()
+                    for x in (k, v)]
             run = lambda: launch(f, grid, threads, args, smem)
             t = timed(run)
             run()

@@ -8,7 +8,9 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result as drv, sys as drv_sys, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use vitrine_core::{DType, Error, Replay, Result};
-use vitrine_gpu::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
+use vitrine_gpu::{
+    ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, TensorMapBytes,
+};
 
 use crate::embedded::FATBINS;
 use crate::lt::{self, Lt};
@@ -306,6 +308,43 @@ impl GpuRuntime for CudaRuntime {
 
     fn has_warpgroup_mma(&self) -> bool {
         self.hopper
+    }
+
+    fn column_block_map(&self, map: &ColumnBlockMap) -> Result<TensorMapBytes> {
+        /// cuTensorMapEncodeTiled writes to a 64-byte aligned map.
+        #[repr(C, align(64))]
+        struct Aligned(TensorMapBytes);
+        let too_big = |what: &str| Error::InvalidArgument(format!("TMA map: {what} out of range"));
+        let rows = u64::try_from(map.rows).map_err(|_| too_big("rows"))?;
+        let blocks = u64::try_from(map.column_blocks).map_err(|_| too_big("column blocks"))?;
+        let stride = u64::try_from(map.row_stride_bytes).map_err(|_| too_big("row stride"))?;
+        let dims = [8u64, rows, blocks];
+        let strides = [stride, 16u64];
+        let boxes = [8u32, map.box_rows, map.box_column_blocks];
+        let element_strides = [1u32; 3];
+        let mut out = Aligned([0; 16]);
+        // SAFETY: every pointer refers to a live local array of the rank (3)
+        // or rank − 1 entries the call reads; the driver only writes the 128
+        // aligned bytes of `out`, and checks the values against the device.
+        let rc = unsafe {
+            drv_sys::cuTensorMapEncodeTiled(
+                out.0.as_mut_ptr().cast(),
+                drv_sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+                3,
+                map.base as *mut c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                drv_sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                drv_sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+                drv_sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                drv_sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        rc.result()
+            .map_err(|e| driver_err("cuTensorMapEncodeTiled", e))?;
+        Ok(out.0)
     }
 
     fn launch_shared(

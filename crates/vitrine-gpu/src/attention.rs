@@ -139,6 +139,9 @@ pub(crate) enum Plan {
         threads: u32,
         /// Dynamic shared memory per block, bytes.
         shared: u32,
+        /// Whether the kernel takes K/V tensor maps after the shared
+        /// arguments (the Hopper kernel: `use_tma`, `k_map`, `v_map`).
+        tensor_maps: bool,
     },
     /// The reference kernel (grid-stride over (row, head) pairs; the caller
     /// sizes it to the device's wave).
@@ -187,6 +190,7 @@ pub(crate) fn plan(
                 blocks: blocks(64 * wg),
                 threads: 128 * (wg + 1) as u32,
                 shared: (ring + q_tiles) as u32,
+                tensor_maps: true,
             });
         }
     }
@@ -208,6 +212,7 @@ pub(crate) fn plan(
         blocks: blocks(64 * mt),
         threads: 128,
         shared: 0,
+        tensor_maps: false,
     })
 }
 
@@ -258,6 +263,7 @@ mod tests {
                 threads: 512,
                 // Four K/V tiles of 64 keys, and two mbarriers per tile.
                 shared: 4 * (2 * 64 * 80 * 2 + 16),
+                tensor_maps: true,
             })
         );
         assert_eq!(
@@ -267,6 +273,7 @@ mod tests {
                 blocks: 32 * 16 * 9,
                 threads: 128,
                 shared: 0,
+                tensor_maps: false,
             })
         );
         let p = plan(AttentionKernel::Portable, &c, H100).unwrap();
@@ -293,6 +300,7 @@ mod tests {
                 blocks: 16 * 6,
                 threads: 512,
                 shared: 4 * (2 * 64 * 64 * 2 + 16),
+                tensor_maps: true,
             }
         );
         // 224² batch 1 (32 blocks of 192 rows): the portable kernel.
@@ -320,6 +328,7 @@ mod tests {
                 blocks: 8 * 25 * 6,
                 threads: 512,
                 shared: 4 * (2 * 64 * 128 * 2 + 16) + 3 * 64 * 136 * 2,
+                tensor_maps: true,
             }
         );
         assert_eq!(

@@ -9,7 +9,7 @@ use vitrine_core::{
 
 use crate::attention::{self, AttentionKernel, Plan};
 use crate::profile::{OpProfile, Timed};
-use crate::runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
+use crate::runtime::{ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
 
 /// A device tensor: a shared allocation, a byte offset into it, dims, dtype
 /// and, for 2-D tensors, a row stride. Row and column slices are views, never
@@ -208,6 +208,48 @@ impl<R: GpuRuntime> GpuBackend<R> {
             self.copy2d((x.ptr(), x.ld), (y.ptr(), cols), rows, cols, x.dtype)?;
         }
         Ok(y)
+    }
+
+    /// The Hopper attention kernel's trailing arguments: `use_tma` and TMA
+    /// maps over K and V (boxes of 64 rows × one head), or 0 and empty maps
+    /// where the slices do not allow TMA (the kernel then copies every tile
+    /// itself). The kernel's own test (`use_tma && vec && head_dim == HD`)
+    /// repeats the alignment checks, so a map is never used where it was not
+    /// built.
+    fn kv_tensor_maps(
+        &self,
+        k: &GpuTensor<R>,
+        v: &GpuTensor<R>,
+        rows: usize,
+        width: usize,
+        head_dim: usize,
+    ) -> Result<[KernelArg; 3]> {
+        let elem = k.dtype.size_in_bytes();
+        let fits =
+            |t: &GpuTensor<R>| t.ptr().is_multiple_of(16) && (t.ld * elem).is_multiple_of(16);
+        let none = [
+            KernelArg::I32(0),
+            KernelArg::TensorMap([0; 16]),
+            KernelArg::TensorMap([0; 16]),
+        ];
+        if elem != 2 || !head_dim.is_multiple_of(16) || !fits(k) || !fits(v) {
+            return Ok(none);
+        }
+        let map = |t: &GpuTensor<R>| {
+            self.rt.column_block_map(&ColumnBlockMap {
+                base: t.ptr(),
+                rows,
+                row_stride_bytes: t.ld * elem,
+                column_blocks: width / 8,
+                box_rows: 64,
+                box_column_blocks: (head_dim / 8) as u32,
+            })
+        };
+        Ok([
+            KernelArg::I32(1),
+            KernelArg::TensorMap(map(k)?),
+            KernelArg::TensorMap(map(v)?),
+        ])
     }
 
     fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<Tracked<R>>> {
@@ -767,12 +809,17 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 blocks,
                 threads,
                 shared,
+                tensor_maps,
             } => {
                 let grid = u32::try_from(blocks).map_err(|_| {
                     Error::InvalidArgument(format!(
                         "attention grid of {blocks} blocks is too large"
                     ))
                 })?;
+                let mut args = args.to_vec();
+                if tensor_maps {
+                    args.extend(self.kv_tensor_maps(k, v, total, width, head_dim)?);
+                }
                 self.rt.launch_shared(
                     KernelModule::Attention,
                     &name,

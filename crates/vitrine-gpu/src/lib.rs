@@ -13,4 +13,6 @@ mod profile;
 mod runtime;
 
 pub use backend::{GpuBackend, GpuTensor};
-pub use runtime::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule};
+pub use runtime::{
+    ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, TensorMapBytes,
+};

@@ -39,8 +39,9 @@ impl KernelModule {
     }
 }
 
-/// One argument of an `extern "C"` kernel: the kernels take only device
-/// pointers, `int`, `long` and `float`.
+/// One argument of an `extern "C"` kernel: the kernels take device
+/// pointers, `int`, `long` and `float`, and the Hopper attention kernels TMA
+/// tensor maps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KernelArg {
     /// A device address (NULL is 0).
@@ -51,6 +52,33 @@ pub enum KernelArg {
     I64(i64),
     /// A C `float`.
     F32(f32),
+    /// A TMA tensor map, passed by value (`vt_tensor_map` in the kernels).
+    TensorMap(TensorMapBytes),
+}
+
+/// The 128 opaque bytes of an encoded TMA tensor map.
+pub type TensorMapBytes = [u64; 16];
+
+/// A TMA map over the rows of a head-sliced 16-bit matrix, in the layout the
+/// Hopper attention kernel keeps its tiles in: three dimensions, innermost
+/// first, 8 columns (16 bytes), `rows` rows `row_stride_bytes` apart, and
+/// `column_blocks` blocks of 8 columns 16 bytes apart; each copy is a box of
+/// 8 columns × `box_rows` rows × `box_column_blocks` blocks, which lands in
+/// shared memory column block after column block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnBlockMap {
+    /// Device address of row 0, column 0 (16-byte aligned).
+    pub base: u64,
+    /// Rows in the matrix; TMA zero-fills past them.
+    pub rows: usize,
+    /// Bytes between rows (a multiple of 16).
+    pub row_stride_bytes: usize,
+    /// Blocks of 8 columns in a row.
+    pub column_blocks: usize,
+    /// Rows per copy.
+    pub box_rows: u32,
+    /// Column blocks per copy.
+    pub box_column_blocks: u32,
 }
 
 impl KernelArg {
@@ -63,6 +91,7 @@ impl KernelArg {
                 KernelArg::I32(v) => v as *const i32 as *mut c_void,
                 KernelArg::I64(v) => v as *const i64 as *mut c_void,
                 KernelArg::F32(v) => v as *const f32 as *mut c_void,
+                KernelArg::TensorMap(v) => v.as_ptr() as *mut c_void,
             })
             .collect()
     }
@@ -182,6 +211,15 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
     /// image) run on this device.
     fn has_warpgroup_mma(&self) -> bool {
         false
+    }
+
+    /// Encodes a TMA tensor map; only devices with warpgroup MMA have them.
+    fn column_block_map(&self, map: &ColumnBlockMap) -> Result<TensorMapBytes> {
+        let _ = map;
+        Err(vitrine_core::Error::NotSupported {
+            op: "TMA tensor maps",
+            backend: self.name(),
+        })
     }
 
     /// Runs a GEMM.
