@@ -483,24 +483,24 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // P·V.
 //
 // Warp-specialised, as FlashAttention-3: a block has WG consumer warpgroups
-// and one producer warpgroup (the last 128 threads). The producer copies K/V
+// and one producer warpgroup (the last 128 threads). The producer brings K/V
 // tiles of KEYS keys into a ring of WG_STAGES slots of dynamic shared
-// memory; each slot has a `full` mbarrier (the producer's copies have landed
-// and each producer thread has fenced its own for the MMAs, which costs less
-// than a fence in every consumer: 1024² batch 4 −10 %) and an `empty` one
-// (every consumer warp is done with the tile). There is
+// memory; each slot has a `full` mbarrier and an `empty` one (every consumer
+// warp is done with the tile). A whole tile comes by TMA: one producer
+// thread arms `full` with the tile's bytes and the copy engine counts them
+// in. A sequence's partial last tile (and every tile of an unaligned slice)
+// the producer threads copy and zero-fill themselves, each fences its own
+// copies for the MMAs, and one announces the tile once all have. There is
 // no block barrier after the start, so consumer warpgroups drift apart and
 // one's softmax overlaps another's MMAs; with PINGPONG a token ring of named
-// barriers makes them take turns to issue their MMAs, which pays at d64
-// (shorter MMAs). The producer gives its registers to the consumers
-// (WgRegs).
+// barriers makes them take turns to issue their MMAs, which pays at d64 and
+// d80. The producer gives its registers to the consumers (WgRegs).
 //
 // Consumer warpgroup w owns 64 query rows, warp i of the block rows
-// 16i..16i+15 (the tile-MMA rows of the kernel above). A K or V tile in
-// shared memory is made of 8×8 core matrices (see vt_wgmma): core (row block
-// rb, column block cb) of a KEYS × HD tile sits at byte (rb · HD/8 + cb) ·
-// 128; the same bytes are Kᵀ's K-major B operand for S = Q·Kᵀ and V's
-// n-major one for O += P·V.
+// 16i..16i+15 (the tile-MMA rows of the kernel above). K and V tiles (and Q
+// tiles with Q_SS) lie in shared memory column block after column block
+// (WG_COLUMN_BLOCK): 8×8 core matrices of 128 bytes, which are Kᵀ's K-major
+// B operand for S = Q·Kᵀ and V's n-major one for O += P·V (see vt_wgmma).
 //
 // Where Q lives (Q_SS): at d64 and d80 each consumer loads its Q fragments
 // into registers while the producer fetches the first K/V tile, and writes
@@ -510,7 +510,7 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // serialise their MMAs, so Q_SS has the producer copy each warpgroup's Q
 // tile into shared memory with the first K/V tile, S reads both operands
 // from there, and the Q tile then stages the output rows for 16-byte
-// stores (InternViT-6B 448² batch 8 −18 %; docs/performance.md row 39).
+// stores (InternViT-6B 448² batch 8 −18 %; docs/performance.md row 40).
 //
 // Launch: block = 128·(WG + 1) threads, dynamic shared memory
 // WG_STAGES · (2 · KEYS · HD · 2 + 16) bytes, plus WG · 64 · (HD + 8) · 2
@@ -727,7 +727,8 @@ VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, cons
 
   vt_regs_grow<WgRegs<Q_SS>::consumer>();
   const float scale_log2 = scale * 1.4426950408889634f;
-  // Tile j is usable once its producer threads have announced it.
+  // Tile j is usable once its bytes have landed (TMA) or the producer has
+  // announced its own copies.
   auto acquire = [&](int j) { vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1); };
   // Called once the warp's last MMA reading tile j has completed.
   auto release = [&](int j) {
