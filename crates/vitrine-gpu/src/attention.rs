@@ -54,9 +54,9 @@ struct HopperTile {
 /// against 0.0456, 32 blocks (224², batch 1) 0.0109 against 0.0099; d64, 96
 /// blocks (448², batch 1) 0.0242 against 0.0372, 32 blocks (224², batch 1)
 /// 0.0109 against 0.0095; d128 (InternViT-6B 448², 25 heads; PyTorch's flash
-/// kernel in brackets), Q in shared memory (row 39): 1200 blocks (batch 8)
-/// 0.351 against 0.542 (0.377), 150 blocks (batch 1) 0.067 against 0.089
-/// (0.065).
+/// kernel in brackets), Q in shared memory and K/V by TMA (rows 40–41):
+/// 1200 blocks (batch 8) 0.347 against 0.542 (0.383), 150 blocks (batch 1)
+/// 0.062 against 0.089 (0.060).
 const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,

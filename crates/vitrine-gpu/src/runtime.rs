@@ -214,8 +214,7 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
     }
 
     /// Encodes a TMA tensor map; only devices with warpgroup MMA have them.
-    fn column_block_map(&self, map: &ColumnBlockMap) -> Result<TensorMapBytes> {
-        let _ = map;
+    fn column_block_map(&self, _map: &ColumnBlockMap) -> Result<TensorMapBytes> {
         Err(vitrine_core::Error::NotSupported {
             op: "TMA tensor maps",
             backend: self.name(),
