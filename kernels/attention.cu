@@ -308,24 +308,25 @@ VT_DEVICE void load_q(uint32_t (*qf)[4], const T* qh, int ldq, int ra, int len, 
   }
 }
 
-// The (sequence, head, query tile) a block of a fused kernel owns, with
-// tiles of `rows` query rows: block b takes tile b % tiles of head
-// (b / tiles) % heads of sequence b / (tiles · heads). False when the block
-// has nothing to do (past the last sequence, or its tile starts past the end
-// of its sequence); that is uniform across the block, so no barrier is then
-// skipped by some threads only.
+// The (sequence, head, query tile) of work item `item` of a fused kernel,
+// with tiles of `rows` query rows: item i is tile i % tiles of head
+// (i / tiles) % heads of sequence i / (tiles · heads). A one-item-per-block
+// grid passes blockIdx.x; the persistent Hopper kernel walks its items.
+// False when there is nothing to do (past the last sequence, or the tile
+// starts past the end of its sequence); that is uniform across the block,
+// so no barrier is then skipped by some threads only.
 struct QueryTile {
   int head, start, len, q0;  // sequence rows [start, start + len), tile rows from q0
 };
-VT_DEVICE bool locate_query_tile(int rows, const int* cu_seqlens, int num_seqs, int max_seqlen,
-                                 int heads, QueryTile& qt) {
+VT_DEVICE bool locate_query_tile(int item, int rows, const int* cu_seqlens, int num_seqs,
+                                 int max_seqlen, int heads, QueryTile& qt) {
   const int tiles = (max_seqlen + rows - 1) / rows;
-  const int seq = blockIdx.x / (tiles * heads);
+  const int seq = item / (tiles * heads);
   if (seq >= num_seqs) return false;
-  qt.head = (blockIdx.x / tiles) % heads;
+  qt.head = (item / tiles) % heads;
   qt.start = cu_seqlens[seq];
   qt.len = cu_seqlens[seq + 1] - qt.start;
-  qt.q0 = (blockIdx.x % tiles) * rows;
+  qt.q0 = (item % tiles) * rows;
   return qt.q0 < qt.len;
 }
 
@@ -346,7 +347,7 @@ VT_DEVICE void flash_attention(const T* q, int ldq, const T* k, int ldk, const T
   __shared__ __align__(16) uint16_t vs[2][KEYS][HD + 8];
 
   QueryTile qt;
-  if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
+  if (!locate_query_tile(blockIdx.x, ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
   const int head = qt.head, start = qt.start, len = qt.len, q0 = qt.q0;
 
   const int col0 = head * head_dim;
@@ -502,23 +503,29 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // (WG_COLUMN_BLOCK): 8×8 core matrices of 128 bytes, which are Kᵀ's K-major
 // B operand for S = Q·Kᵀ and V's n-major one for O += P·V (see vt_wgmma).
 //
-// Where Q lives (Q_SS): at d64 and d80 each consumer loads its Q fragments
-// into registers while the producer fetches the first K/V tile, and writes
-// its output straight from registers; the Q tile by the producer, the first
-// K/V tile's announcement waiting for it, was 5–10 % slower there. At d128
-// the Q fragments (32 registers) made the consumers spill and ptxas
-// serialise their MMAs, so Q_SS has the producer copy each warpgroup's Q
-// tile into shared memory with the first K/V tile, S reads both operands
-// from there, and the Q tile then stages the output rows for 16-byte
-// stores (InternViT-6B 448² batch 8 −18 %; docs/performance.md row 40).
+// Where Q lives: the producer brings each warpgroup's 64 Q rows into its Q
+// tile in shared memory (by TMA where it can). Without Q_SS (d64, d80) the
+// consumers copy their fragments to registers at once and hand the tile
+// back, so the next work item's Q arrives while this one runs, and write
+// their output straight from registers. At d128 the Q fragments (32
+// registers) made the consumers spill and ptxas serialise their MMAs, so
+// with Q_SS S reads both operands from shared memory and the Q tile then
+// stages the output rows for 16-byte stores (InternViT-6B 448² batch 8
+// −18 %; docs/performance.md row 40) before it is handed back.
+//
+// Work items are query tiles of 64·WG rows of one (sequence, head), in the
+// order of the grid of one block per item; block b takes items b,
+// b + gridDim.x, ..., and the K/V ring runs on across them. The host launches
+// one block per multiprocessor (persistent, d64 and d80: the next item's Q
+// and first K/V tiles arrive while this one finishes; row 43) or one block
+// per item (d128).
 //
 // Launch: block = 128·(WG + 1) threads, dynamic shared memory
-// WG_STAGES · (2 · KEYS · HD · 2 + 16) bytes, plus WG · 64 · (HD + 8) · 2
-// with Q_SS; grid as for the kernel above
-// with 64·WG rows per block. Only the sm_90a image has the body; elsewhere
-// the entry points exist (every image exports the same names) and write NaN
-// to the rows they own, so a launch that slipped past the host's device
-// check cannot go unnoticed.
+// WG_STAGES · (2 · KEYS · HD · 2 + 16) + WG · 64 · (HD + 8) · 2 + 16 bytes,
+// any grid. Only the sm_90a image has the body; elsewhere the entry points
+// exist (every image exports the same names) and write NaN to the rows they
+// own, so a launch that slipped past the host's device check cannot go
+// unnoticed.
 // ---------------------------------------------------------------------------
 
 // K/V tiles in the ring: the producer runs up to this many tiles ahead of the
@@ -622,239 +629,317 @@ VT_DEVICE void store_staged(uint16_t* oh, int ldo, int r0, int len, int head_dim
   }
 }
 
+// Warp wi (of its warpgroup)'s Q fragments (tile-MMA A layout, as load_q)
+// from the warpgroup's Q tile in shared memory (column blocks).
+template <int HD>
+VT_DEVICE void q_fragments(uint32_t (*qf)[4], const uint16_t* q_tile, int wi, int g, int t) {
+  const uint16_t* base = q_tile + (16 * wi + g) * 8 + 2 * t;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)  // i: +8 rows (bit 0), +8 columns (bit 1)
+      qf[kk][i] = *(const uint32_t*)(base + (2 * kk + (i >> 1)) * WG_COLUMN_BLOCK + (i & 1) * 64);
+}
+
 template <typename T, int HD, int KEYS, int WG, bool PINGPONG, bool Q_SS>
 VT_DEVICE void flash_attention_wg(const T* q, int ldq, const T* k, int ldk, const T* v, int ldv,
                                   T* out, int ldo, const int* cu_seqlens, int num_seqs,
                                   int max_seqlen, int heads, int head_dim, float scale, int use_tma,
-                                  const vt_tensor_map* k_map, const vt_tensor_map* v_map) {
+                                  const vt_tensor_map* q_map, const vt_tensor_map* k_map,
+                                  const vt_tensor_map* v_map) {
   static_assert(KEYS == 64, "the producer copies a 64-key tile with two threads per key");
   static_assert(WG == 3, "WgRegs budgets a 512-thread block");
   constexpr int ROWS = 64 * WG;
-  QueryTile qt;
-  if (!locate_query_tile(ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) return;
-  const int head = qt.head, start = qt.start, len = qt.len, q0 = qt.q0;
-
-  const int col0 = head * head_dim;
+  // Persistent: block b takes items b, b + gridDim.x, ... (a grid of one
+  // block per item gives each block one).
+  const int items = num_seqs * heads * ((max_seqlen + ROWS - 1) / ROWS);
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  T* oh = out + (long)start * ldo + col0;
 #if VT_HAS_WGMMA
   constexpr bool BF16 = !__is_same(T, vt_f16);
-  constexpr int TILE = KEYS * HD, QTILE = Q_SS ? 64 * WG_QPAD(HD) : 0;
+  constexpr int TILE = KEYS * HD, QTILE = 64 * WG_QPAD(HD);
   // wgmma descriptors: a k-step of S is two column blocks of K (and Q), one
   // of P·V two row blocks of V (8 rows, 128 bytes each); consecutive column
   // blocks are COLUMN_BLOCK_BYTES apart.
   constexpr uint32_t COLUMN_BLOCK_BYTES = WG_COLUMN_BLOCK * sizeof(uint16_t);
   // The ring: tile j's K at smem + (j mod WG_STAGES)·2·TILE, its V right
-  // after; then each consumer warpgroup's Q tile (core matrices, the A
-  // operand of S; at the end the staging area of its output rows, QPAD
-  // elements apart); then the slots' full and empty barriers.
+  // after; then each consumer warpgroup's Q tile (column blocks; with Q_SS
+  // at the end also the staging area of its output rows, QPAD elements
+  // apart); then the slots' full and empty barriers and the Q tiles' two.
   extern __shared__ __align__(128) uint16_t smem[];
   uint16_t* q_tiles = smem + WG_STAGES * 2 * TILE;
   uint64_t* full = (uint64_t*)(q_tiles + WG * QTILE);
   uint64_t* empty = full + WG_STAGES;
+  uint64_t* q_full = empty + WG_STAGES;
+  uint64_t* q_empty = q_full + 1;
   if (threadIdx.x == 0) {
     for (int s = 0; s < WG_STAGES; ++s) {
       vt_mbar_init(&full[s], 1);        // one producer thread (and the TMA bytes)
       vt_mbar_init(&empty[s], 4 * WG);  // every consumer warp
     }
+    vt_mbar_init(q_full, 1);
+    vt_mbar_init(q_empty, 4 * WG);
     vt_mbar_init_fence();
   }
   __syncthreads();
-  const int num_tiles = (len + KEYS - 1) / KEYS;
-  auto k_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE; };
-  auto v_tile = [&](int j) { return smem + (j % WG_STAGES) * 2 * TILE + TILE; };
+  // K/V tiles are numbered across the block's items (n), so the ring and its
+  // phases run on from one item to the next.
+  auto k_tile = [&](int n) { return smem + (n % WG_STAGES) * 2 * TILE; };
+  auto v_tile = [&](int n) { return smem + (n % WG_STAGES) * 2 * TILE + TILE; };
 
   if (wg == WG) {
-    // Producer: tile j goes into its slot once the consumers have released
-    // the tile WG_STAGES before it.
+    // Producer: an item's Q tiles once the consumers are done with the last
+    // item's (with Q in registers: once they have read them, so the next
+    // item's Q arrives while this one runs), then its K/V tiles, tile n into
+    // its slot once the consumers have released tile n − WG_STAGES.
     vt_regs_shrink<WgRegs<Q_SS>::producer>();
     const int tid = threadIdx.x - 128 * WG;
-    const uint16_t* qh = (const uint16_t*)(q + (long)start * ldq + col0);
-    const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
-    const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
-    const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim) && (!Q_SS || rows_aligned<16>(qh, ldq));
-    // Whole tiles of a head that fills HD come by TMA (where the host built
-    // the maps: use_tma), one request each for K and V; the rest (a
-    // sequence's last, partial tile, where TMA would read the next
-    // sequence's keys, or unaligned slices) the producer threads copy,
-    // zero-filled, fence and announce together.
-    const bool tma = use_tma && vec && head_dim == HD;
-    const uint16_t *krow = kh + (long)(tid / 2) * ldk, *vrow = vh + (long)(tid / 2) * ldv;
     auto copies_landed = [&]() {
       vt_async_commit();
       vt_async_wait<0>();
       vt_fence_async_smem();
       vt_bar_sync(WG_PRODUCER_BARRIER, 128);
     };
+    // Every producer thread waits for each free slot (and Q tile), but where
+    // thread 0 alone refills it by TMA nothing else holds the others back:
+    // the consumers could release the refilled slot again, completing the
+    // barrier's next phase, before a lagging warp has polled the one it waits
+    // for, and a parity wait that has been lapped waits forever (seen as a
+    // hang on grids of many tiles per block, docs/performance.md row 44).
+    // So the warpgroup meets after each such wait, before the refill; the
+    // copies that all threads make meet in copies_landed anyway.
+    auto producer_lockstep = [&]() { vt_bar_sync(WG_PRODUCER_BARRIER, 128); };
+    int n = 0, items_done = 0;
 #pragma unroll 1
-    for (int j = 0; j < num_tiles; ++j) {
-      const int slot = j % WG_STAGES;
-      if (j >= WG_STAGES) vt_mbar_wait(&empty[slot], ((j / WG_STAGES) + 1) & 1);
-      const int rows = min(KEYS, len - j * KEYS);
-      const bool whole = tma && rows == KEYS;
-      if (Q_SS && j == 0) {
-        // The Q tiles travel with the first K/V tile and its announcement.
-        for (int w = 0; w < WG; ++w) {
-          uint16_t* dst = q_tiles + w * QTILE;
-          const int r = q0 + 64 * w;
-          if (vec) fetch_row_chunks<HD>(dst, qh + (long)(r + tid / 2) * ldq, qh, r + tid / 2 < len, head_dim, tid);
-          else fetch_tile_elements<HD, 64>(dst, qh + (long)r * ldq, ldq, len - r, head_dim, tid);
-        }
-        if (whole) copies_landed();
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+      QueryTile qt;
+      if (!locate_query_tile(it, ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) continue;
+      const int start = qt.start, len = qt.len, q0 = qt.q0, col0 = qt.head * head_dim;
+      const uint16_t* qh = (const uint16_t*)(q + (long)start * ldq + col0);
+      const uint16_t* kh = (const uint16_t*)(k + (long)start * ldk + col0);
+      const uint16_t* vh = (const uint16_t*)(v + (long)start * ldv + col0);
+      const bool vec = kv_vectorizable(kh, vh, ldk, ldv, head_dim) && rows_aligned<16>(qh, ldq);
+      // Whole tiles of a head that fills HD come by TMA (where the host
+      // built the maps: use_tma); the rest (a sequence's last, partial K/V
+      // tile, where TMA would read the next sequence's keys, or unaligned
+      // slices) the producer threads copy, zero-filled, fence and announce
+      // together. Q rows past the sequence only feed output rows that are
+      // never stored, so Q tiles always come whole.
+      const bool tma = use_tma && vec && head_dim == HD;
+      if (items_done > 0) {
+        vt_mbar_wait(q_empty, (items_done - 1) & 1);
+        producer_lockstep();
       }
-      if (whole) {
+      if (tma) {
         if (tid == 0) {
-          vt_mbar_arrive_expect_tx(&full[slot], 2 * TILE * sizeof(T));
-          vt_tma_load_3d(k_tile(j), k_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
-          vt_tma_load_3d(v_tile(j), v_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
+          vt_mbar_arrive_expect_tx(q_full, WG * 64 * HD * sizeof(T));
+          for (int w = 0; w < WG; ++w)
+            vt_tma_load_3d(q_tiles + w * QTILE, q_map, 0, start + q0 + 64 * w, col0 / 8, q_full);
         }
       } else {
-        if (vec) {
-          const long r = (long)j * KEYS;
-          fetch_row_chunks<HD>(k_tile(j), krow + r * ldk, kh, tid / 2 < rows, head_dim, tid);
-          fetch_row_chunks<HD>(v_tile(j), vrow + r * ldv, vh, tid / 2 < rows, head_dim, tid);
-        } else {
-          fetch_tile_elements<HD, KEYS>(k_tile(j), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
-          fetch_tile_elements<HD, KEYS>(v_tile(j), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
+        for (int w = 0; w < WG; ++w) {
+          const int r = q0 + 64 * w;
+          if (vec) fetch_row_chunks<HD>(q_tiles + w * QTILE, qh + (long)(r + tid / 2) * ldq, qh, r + tid / 2 < len, head_dim, tid);
+          else fetch_tile_elements<HD, 64>(q_tiles + w * QTILE, qh + (long)r * ldq, ldq, len - r, head_dim, tid);
         }
         copies_landed();
-        if (tid == 0) vt_mbar_arrive(&full[slot]);
+        if (tid == 0) vt_mbar_arrive(q_full);
       }
+      const int num_tiles = (len + KEYS - 1) / KEYS;
+#pragma unroll 1
+      for (int j = 0; j < num_tiles; ++j, ++n) {
+        const int slot = n % WG_STAGES;
+        if (n >= WG_STAGES) vt_mbar_wait(&empty[slot], ((n / WG_STAGES) + 1) & 1);
+        const int rows = min(KEYS, len - j * KEYS);
+        if (tma && rows == KEYS) {
+          if (n >= WG_STAGES) producer_lockstep();
+          if (tid == 0) {
+            vt_mbar_arrive_expect_tx(&full[slot], 2 * TILE * sizeof(T));
+            vt_tma_load_3d(k_tile(n), k_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
+            vt_tma_load_3d(v_tile(n), v_map, 0, start + j * KEYS, col0 / 8, &full[slot]);
+          }
+        } else {
+          if (vec) {
+            const long r = (long)j * KEYS + tid / 2;
+            fetch_row_chunks<HD>(k_tile(n), kh + r * ldk, kh, tid / 2 < rows, head_dim, tid);
+            fetch_row_chunks<HD>(v_tile(n), vh + r * ldv, vh, tid / 2 < rows, head_dim, tid);
+          } else {
+            fetch_tile_elements<HD, KEYS>(k_tile(n), kh + (long)j * KEYS * ldk, ldk, rows, head_dim, tid);
+            fetch_tile_elements<HD, KEYS>(v_tile(n), vh + (long)j * KEYS * ldv, ldv, rows, head_dim, tid);
+          }
+          copies_landed();
+          if (tid == 0) vt_mbar_arrive(&full[slot]);
+        }
+      }
+      ++items_done;
     }
     return;
   }
 
   vt_regs_grow<WgRegs<Q_SS>::consumer>();
   const float scale_log2 = scale * 1.4426950408889634f;
-  // Tile j is usable once its bytes have landed (TMA) or the producer has
+  // Tile n is usable once its bytes have landed (TMA) or the producer has
   // announced its own copies.
-  auto acquire = [&](int j) { vt_mbar_wait(&full[j % WG_STAGES], (j / WG_STAGES) & 1); };
-  // Called once the warp's last MMA reading tile j has completed.
-  auto release = [&](int j) {
+  auto acquire = [&](int n) { vt_mbar_wait(&full[n % WG_STAGES], (n / WG_STAGES) & 1); };
+  // Called once the warp's last MMA reading tile n has completed.
+  auto release = [&](int n) {
     __syncwarp();
-    if (lane == 0) vt_mbar_arrive(&empty[j % WG_STAGES]);
+    if (lane == 0) vt_mbar_arrive(&empty[n % WG_STAGES]);
+  };
+  auto release_q = [&]() {
+    __syncwarp();
+    if (lane == 0) vt_mbar_arrive(q_empty);
   };
   // Ping-pong: warpgroup w issues after warpgroup w - 1 (mod WG) has. Each
-  // warpgroup issues num_tiles + 1 times; warpgroup 0's first turn is given
-  // by the last one up front, which therefore skips its final hand-over.
+  // warpgroup issues num_tiles + 1 times an item; warpgroup 0's first turn
+  // is given by the last one up front, which therefore skips its final
+  // hand-over.
   auto turn_begin = [&]() {
     if (PINGPONG) vt_bar_sync(1 + wg, 256);
   };
   auto turn_end = [&](bool last) {
     if (PINGPONG && !(last && wg == WG - 1)) vt_bar_arrive(1 + (wg + 1) % WG, 256);
   };
-  // S = Q·K_jᵀ: HD/16 k-steps over the whole tile, both operands in shared
-  // memory in the same layout, issued (not waited for).
   uint16_t* q_tile = q_tiles + wg * QTILE;
-  uint32_t qf[Q_SS ? 1 : HD / 16][4];
-  if (!Q_SS) load_q<T, HD>(qf, q + (long)start * ldq + col0, ldq, q0 + warp * 16 + g, len, head_dim, t);
-  auto issue_scores = [&](float* s, int j) {
-    vt_wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      const uint64_t kd = vt_wgmma_desc(k_tile(j) + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128);
-      if (Q_SS)
-        vt_wgmma_ss<KEYS, BF16>(s, vt_wgmma_desc(q_tile + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128),
-                                kd, kk > 0);
-      else
-        vt_wgmma<KEYS, BF16, 0>(s, qf[kk], kd, kk > 0);
+  int n = 0, items_done = 0;
+#pragma unroll 1
+  for (int it = blockIdx.x; it < items; it += gridDim.x) {
+    QueryTile qt;
+    if (!locate_query_tile(it, ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) continue;
+    const int start = qt.start, len = qt.len, q0 = qt.q0;
+    T* oh = out + (long)start * ldo + qt.head * head_dim;
+    // With Q in registers the Q tile is free again once read; with Q_SS
+    // the MMAs read it until the item's end, and then it stages the output.
+    uint32_t qf[Q_SS ? 1 : HD / 16][4];
+    vt_mbar_wait(q_full, items_done & 1);
+    if (!Q_SS) {
+      q_fragments<HD>(qf, q_tile, warp % 4, g, t);
+      release_q();
     }
-  };
-  // O += P·V_j: KEYS/16 k-steps, each 16 keys (two row blocks) × HD.
-  auto issue_values = [&](float* o, const uint32_t (*pa)[4], int j) {
-    vt_wgmma_fence();
+    // S = Q·K_nᵀ: HD/16 k-steps over the whole tile, issued (not waited for).
+    auto issue_scores = [&](float* s, int n) {
+      vt_wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < KEYS / 16; ++kk)
-      vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(j) + kk * 128, 128, COLUMN_BLOCK_BYTES), 1);
-  };
-
-  if (PINGPONG && wg == WG - 1) vt_bar_arrive(1, 256);
-  float o[HD / 8][4], s[KEYS / 8][4];
-  float m[2] = {vt_neg_inf(), vt_neg_inf()}, l[2] = {0.0f, 0.0f}, resc[2];
-  uint32_t pa[KEYS / 16][4];
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        const uint64_t kd = vt_wgmma_desc(k_tile(n) + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128);
+        if (Q_SS)
+          vt_wgmma_ss<KEYS, BF16>(s, vt_wgmma_desc(q_tile + 2 * kk * WG_COLUMN_BLOCK, COLUMN_BLOCK_BYTES, 128),
+                                  kd, kk > 0);
+        else
+          vt_wgmma<KEYS, BF16, 0>(s, qf[kk], kd, kk > 0);
+      }
+    };
+    // O += P·V_n: KEYS/16 k-steps, each 16 keys (two row blocks) × HD.
+    auto issue_values = [&](float* o, const uint32_t (*pa)[4], int n) {
+      vt_wgmma_fence();
 #pragma unroll
-  for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+      for (int kk = 0; kk < KEYS / 16; ++kk)
+        vt_wgmma<HD, BF16, 1>(o, pa[kk], vt_wgmma_desc(v_tile(n) + kk * 128, 128, COLUMN_BLOCK_BYTES), 1);
+    };
 
-  acquire(0);
-  turn_begin();
-  issue_scores(&s[0][0], 0);
-  vt_wgmma_commit();
-  turn_end(false);
-  vt_wgmma_wait<0>();
-  vt_wgmma_hold<KEYS / 2>(&s[0][0]);
-  softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len), t, scale_log2);
-  pack_p<T, KEYS>(s, pa);
+    const int num_tiles = (len + KEYS - 1) / KEYS;
+    if (PINGPONG && wg == WG - 1) vt_bar_arrive(1, 256);
+    float o[HD / 8][4], s[KEYS / 8][4];
+    float m[2] = {vt_neg_inf(), vt_neg_inf()}, l[2] = {0.0f, 0.0f}, resc[2];
+    uint32_t pa[KEYS / 16][4];
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
 
-  // Iteration j: P_j is ready. Q·K_{j+1}ᵀ and P_j·V_j run on the tensor
-  // cores while this warpgroup computes the softmax of tile j + 1; O is
-  // rescaled once P_j·V_j has landed, which also frees tile j's slot. The
-  // last tile's P·V is peeled off so that every iteration commits the same
-  // two groups: ptxas proves from that that the softmax never touches
-  // registers of an MMA in flight (otherwise it serializes every wgmma).
-  for (int j = 0; j + 1 < num_tiles; ++j) {
-    acquire(j + 1);
+    acquire(n);
     turn_begin();
-    issue_scores(&s[0][0], j + 1);
-    vt_wgmma_commit();
-    issue_values(&o[0][0], pa, j);
+    issue_scores(&s[0][0], n);
     vt_wgmma_commit();
     turn_end(false);
-    vt_wgmma_wait<1>();
+    vt_wgmma_wait<0>();
     vt_wgmma_hold<KEYS / 2>(&s[0][0]);
-    softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len - (j + 1) * KEYS), t, scale_log2);
+    softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len), t, scale_log2);
+    pack_p<T, KEYS>(s, pa);
+
+    // Tile j of the item (n + j of the block): P_j is ready. Q·K_{j+1}ᵀ and
+    // P_j·V_j run on the tensor cores while this warpgroup computes the
+    // softmax of tile j + 1; O is rescaled once P_j·V_j has landed, which
+    // also frees tile j's slot. The last tile's P·V is peeled off so that
+    // every iteration commits the same two groups: ptxas proves from that
+    // that the softmax never touches registers of an MMA in flight
+    // (otherwise it serializes every wgmma).
+    for (int j = 0; j + 1 < num_tiles; ++j) {
+      acquire(n + j + 1);
+      turn_begin();
+      issue_scores(&s[0][0], n + j + 1);
+      vt_wgmma_commit();
+      issue_values(&o[0][0], pa, n + j);
+      vt_wgmma_commit();
+      turn_end(false);
+      vt_wgmma_wait<1>();
+      vt_wgmma_hold<KEYS / 2>(&s[0][0]);
+      softmax_tile<KEYS>(s, m, l, resc, min(KEYS, len - (j + 1) * KEYS), t, scale_log2);
+      vt_wgmma_wait<0>();
+      vt_wgmma_hold<HD / 2>(&o[0][0]);
+      release(n + j);
+      rescale_rows<HD>(o, resc);
+      pack_p<T, KEYS>(s, pa);  // P_j's registers are free once P_j·V_j has landed
+    }
+    turn_begin();
+    issue_values(&o[0][0], pa, n + num_tiles - 1);
+    vt_wgmma_commit();
+    turn_end(true);
     vt_wgmma_wait<0>();
     vt_wgmma_hold<HD / 2>(&o[0][0]);
-    release(j);
-    rescale_rows<HD>(o, resc);
-    pack_p<T, KEYS>(s, pa);  // P_j's registers are free once P_j·V_j has landed
-  }
-  turn_begin();
-  issue_values(&o[0][0], pa, num_tiles - 1);
-  vt_wgmma_commit();
-  turn_end(true);
-  vt_wgmma_wait<0>();
-  vt_wgmma_hold<HD / 2>(&o[0][0]);
-  if (Q_SS) {
-    // Every MMA reading the Q tile has completed: it stages the output rows.
-    stage_rows<T, HD>(q_tile, (warp % 4) * 16 + g, t, o, l);
-    vt_bar_sync(1 + WG + wg, 128);
-    store_staged<HD>((uint16_t*)oh, ldo, q0 + 64 * wg, len, head_dim, q_tile, threadIdx.x % 128);
-  } else {
-    store_rows<T, HD>(oh, ldo, q0 + warp * 16 + g, len, head_dim, t, o, l);
+    release(n + num_tiles - 1);
+    if (Q_SS) {
+      // Every MMA reading the Q tile has completed: it stages the output
+      // rows, and is the producer's again once they are out.
+      stage_rows<T, HD>(q_tile, (warp % 4) * 16 + g, t, o, l);
+      vt_bar_sync(1 + WG + wg, 128);
+      store_staged<HD>((uint16_t*)oh, ldo, q0 + 64 * wg, len, head_dim, q_tile, threadIdx.x % 128);
+      vt_bar_sync(1 + WG + wg, 128);
+      release_q();
+    } else {
+      store_rows<T, HD>(oh, ldo, q0 + warp * 16 + g, len, head_dim, t, o, l);
+    }
+    n += num_tiles;
+    ++items_done;
   }
 #else
-  (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale, (void)use_tma, (void)k_map, (void)v_map;
+  (void)q, (void)ldq, (void)k, (void)ldk, (void)v, (void)ldv, (void)scale, (void)use_tma;
+  (void)q_map, (void)k_map, (void)v_map, (void)t;
   if (wg == WG) return;  // the producer warpgroup owns no rows
-  for (int h = 0; h < 2; ++h) {
-    const int r = q0 + warp * 16 + g + 8 * h;
-    if (r >= len) continue;
-    for (int c = t; c < head_dim; c += 4) oh[(long)r * ldo + c] = vt_from_f32<T>(vt_bits_to_f32(0x7fc00000u));
+  for (int it = blockIdx.x; it < items; it += gridDim.x) {
+    QueryTile qt;
+    if (!locate_query_tile(it, ROWS, cu_seqlens, num_seqs, max_seqlen, heads, qt)) continue;
+    T* oh = out + (long)qt.start * ldo + qt.head * head_dim;
+    for (int h = 0; h < 2; ++h) {
+      const int r = qt.q0 + warp * 16 + g + 8 * h;
+      if (r >= qt.len) continue;
+      for (int c = lane % 4; c < head_dim; c += 4) oh[(long)r * ldo + c] = vt_from_f32<T>(vt_bits_to_f32(0x7fc00000u));
+    }
   }
 #endif
 }
 
 // Entry points vt_flash_attention_wg_<dtype>_d<HD>_w<WG> (WG consumer
-// warpgroups, 192 rows a block, one block per SM), chosen on an H100 with
-// scripts/kernel_bench.py and the lab (docs/performance.md rows 33–41): K/V
-// tiles of 64 keys; ping-pong at d64 and, since K/V come by TMA, at d80
-// (at d128 it was slower); Q in shared memory at d128 only. At d128 three
-// consumer warpgroups were faster than two with 240 registers (InternViT-6B
-// 448² batch 8, one lab run: 0.415 against 0.496 ms, Q then in registers).
-// Not built for d96 (unmeasured). Parameters after the shared ones:
-// use_tma (the host built k_map and v_map, 3D maps {8 columns, rows, column
-// blocks} over the K and V slices with boxes {8, 64, HD/8}) and the maps.
-// The host mirrors this table (HOPPER_TILES in vitrine-gpu's attention.rs)
-// to size the grid, the block and the shared memory.
+// warpgroups, 192 rows a work item, one block per SM), chosen on an H100
+// with scripts/kernel_bench.py and the lab (docs/performance.md rows 33–43):
+// K/V tiles of 64 keys; ping-pong at d64 and, since K/V come by TMA, at d80
+// (at d128 it was slower); S from Q in shared memory (Q_SS) at d128 only.
+// At d128 three consumer warpgroups were faster than two with 240
+// registers (InternViT-6B 448² batch 8, one lab run: 0.415 against 0.496
+// ms, Q then in registers). Not built for d96 (unmeasured). Parameters
+// after the shared ones: use_tma (the host built the maps: 3D {8 columns,
+// rows, column blocks} over the Q, K and V slices, boxes {8, 64, HD/8}) and
+// the three maps. The host mirrors this table (HOPPER_TILES in
+// vitrine-gpu's attention.rs) to size the grid, the block and the shared
+// memory.
 #define VT_FLASH_ATTENTION_WG(sfx, T, HD, WG, PINGPONG, Q_SS)                                  \
   VT_KERNEL VT_LAUNCH_BOUNDS(128 * (WG + 1), 1) vt_flash_attention_wg_##sfx##_d##HD##_w##WG(      \
       const T* q, int ldq, const T* k, int ldk, const T* v, int ldv, T* out, int ldo,             \
       const int* cu_seqlens, int num_seqs, int max_seqlen, int heads, int head_dim, float scale,   \
-      int use_tma, const VT_GRID_CONSTANT vt_tensor_map k_map,                                    \
-      const VT_GRID_CONSTANT vt_tensor_map v_map) {                                               \
+      int use_tma, const VT_GRID_CONSTANT vt_tensor_map q_map,                                    \
+      const VT_GRID_CONSTANT vt_tensor_map k_map, const VT_GRID_CONSTANT vt_tensor_map v_map) {   \
     flash_attention_wg<T, HD, 64, WG, PINGPONG, Q_SS>(q, ldq, k, ldk, v, ldv, out, ldo,           \
                                                       cu_seqlens, num_seqs, max_seqlen, heads,    \
-                                                      head_dim, scale, use_tma, &k_map, &v_map);  \
+                                                      head_dim, scale, use_tma, &q_map, &k_map,   \
+                                                      &v_map);                                    \
   }
 #define VT_FLASH_ATTENTION_WG_DIMS(sfx, T)   \
   VT_FLASH_ATTENTION_WG(sfx, T, 64, 3, true, false)  \

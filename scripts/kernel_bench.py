@@ -148,11 +148,12 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
     # Hopper (sm_90a): vt_flash_attention_wg_<dt>_d<HD>_w<WG>, WG consumer
     # warpgroups (64·WG rows) and a producer warpgroup per block, a ring of 4
     # K/V tiles of 64 keys and their two mbarriers in dynamic shared memory,
-    # at d128 also the consumers' Q tiles (64 rows of HD + 8 elements each);
-    # WG per head dim as in kernels/attention.cu; after the shared arguments
-    # use_tma and TMA maps over K and V.
+    # then the consumers' Q tiles (64 rows of HD + 8 elements each) and their
+    # two mbarriers; WG per head dim as in kernels/attention.cu; after the
+    # shared arguments use_tma and TMA maps over Q, K and V. Persistent at
+    # d64 and d80 (one block per multiprocessor, as vitrine-gpu's plan).
     for wg in {64: (3,), 80: (3,), 128: (3,)}.get(padded, ()):
-        q_tiles = wg * 64 * (padded + 8) * 2 if padded == 128 else 0
+        q_tiles = wg * 64 * (padded + 8) * 2 + 16
         configs.append((f"vt_flash_attention_wg_{sfx}_d{padded}_w{wg}", f"wgmma-w{wg}", 64 * wg, 128 * (wg + 1),
                         4 * (2 * 64 * padded * 2 + 16) + q_tiles))
     for label, mod in mods:
@@ -164,6 +165,8 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
                 check(CUDA.cuFuncSetAttribute(f, 8, smem), "max dynamic shared memory")
             out = torch.empty(total, width, device=dev, dtype=dtype)
             grid = seqs * heads * math.ceil(seqlen / rows_per_block)
+            if fname.startswith("vt_flash_attention_wg_") and padded in (64, 80):
+                grid = min(grid, torch.cuda.get_device_properties(0).multi_processor_count)
             args = [ptr(q), ctypes.c_int32(3 * width), ptr(k), ctypes.c_int32(3 * width), ptr(v),
                     ctypes.c_int32(3 * width), ptr(out), ctypes.c_int32(width), ptr(cu),
                     ctypes.c_int32(seqs), ctypes.c_int32(seqlen), ctypes.c_int32(heads),
@@ -172,7 +175,7 @@ def attention_case(mods, name, seqs, seqlen, heads, d, dtype):
                 tma = d == padded
                 args += [ctypes.c_int32(int(tma))] + [
                     column_block_map(x, total, width, 3 * width, d) if tma else (ctypes.c_uint64 * 16)()
-                    for x in (k, v)]
+                    for x in (q, k, v)]
             run = lambda: launch(f, grid, threads, args, smem)
             t = timed(run)
             run()

@@ -350,8 +350,12 @@ fn attention_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
     // Among them: sequences of 5 tiles of 64 keys at head dims 64, 80 and
     // 128, so the Hopper kernel's ring of 4 tile slots wraps around; head_dim
     // 60 with a row stride that is not a multiple of 8 elements (the
-    // unaligned tile fetch).
-    let shapes: [(&[usize], usize, usize); 9] = [
+    // unaligned tile fetch); and 64 sequences of mixed lengths, enough query
+    // tiles that each block of the persistent Hopper kernel (one per
+    // multiprocessor) walks several, its ring running on across them, some
+    // of them past the end of a short sequence.
+    let many: Vec<usize> = [130, 7, 260, 64].repeat(16);
+    let shapes: [(&[usize], usize, usize); 11] = [
         (&[1], 1, 8),
         (&[17, 5, 1], 2, 16),
         (&[37, 290], 3, 64),
@@ -361,6 +365,8 @@ fn attention_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
         (&[197], 2, 12),
         (&[300, 130], 2, 80),
         (&[70, 9], 3, 60),
+        (&many, 4, 80),
+        (&many, 4, 64),
     ];
     for (lengths, heads, dh) in shapes {
         let seqs = SeqLayout::from_lengths(lengths).expect("layout");
@@ -412,13 +418,28 @@ fn attention_ops<B: Backend>(be: &B, rng: &mut Rng, r: &mut Report) {
             );
             r.record(
                 "attention",
-                &format!("seqs={lengths:?} heads={heads} head_dim={dh}"),
+                &format!(
+                    "seqs={} heads={heads} head_dim={dh}",
+                    lengths_label(lengths)
+                ),
                 dtype,
                 got,
                 &reference,
                 nmse_bar(dtype),
             );
         }
+    }
+}
+
+/// Sequence lengths for a report row: a long list as its repeating unit
+/// times the count (`[130, 7, 260, 64]×16`).
+fn lengths_label(lengths: &[usize]) -> String {
+    let unit = (1..=lengths.len())
+        .find(|&n| lengths.len().is_multiple_of(n) && lengths.chunks(n).all(|c| c == &lengths[..n]))
+        .unwrap_or(lengths.len());
+    match lengths.len() / unit {
+        1 => format!("{lengths:?}"),
+        times => format!("{:?}×{times}", &lengths[..unit]),
     }
 }
 

@@ -72,6 +72,8 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     name: String,
     warp: usize,
+    /// Streaming multiprocessors.
+    sms: usize,
     /// Compute capability 9.0 exactly: the fatbins' sm_90a image (with the
     /// warpgroup-MMA attention) is the one this device runs.
     hopper: bool,
@@ -210,6 +212,10 @@ impl GpuRuntime for CudaRuntime {
         let warp = ctx
             .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)
             .map_err(|e| driver_err("warp size", e))? as usize;
+        let sms = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("multiprocessor count", e))?
+            .max(1) as usize;
         let capability = |attr| {
             ctx.attribute(attr)
                 .map_err(|e| driver_err("compute capability", e))
@@ -255,6 +261,7 @@ impl GpuRuntime for CudaRuntime {
             functions: Mutex::new(HashMap::new()),
             name: format!("cuda:{ordinal} ({name})"),
             warp,
+            sms,
             hopper,
             graphs: !matches!(std::env::var("VITRINE_CUDA_GRAPHS").as_deref(), Ok("0")),
         })
@@ -266,6 +273,10 @@ impl GpuRuntime for CudaRuntime {
 
     fn warp_size(&self) -> usize {
         self.warp
+    }
+
+    fn multiprocessors(&self) -> usize {
+        self.sms
     }
 
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {

@@ -42,9 +42,11 @@ struct HopperTile {
     warpgroups: usize,
     /// Blocks from which it beats the portable fused kernel.
     min_blocks: usize,
-    /// Whether the kernel keeps each consumer warpgroup's 64 Q rows in shared
-    /// memory (`Q_SS`), 8 elements of padding per row after the ring.
-    q_in_shared: bool,
+    /// Whether one block per multiprocessor walks all the query tiles
+    /// (persistent): the next tile's Q arrives while one runs, where Q lives
+    /// in registers (d64, d80); with Q read from shared memory by the MMAs
+    /// (d128) it cannot, and one block per tile was faster.
+    persistent: bool,
 }
 
 /// The Hopper kernel's shapes, as instantiated in kernels/attention.cu
@@ -54,38 +56,41 @@ struct HopperTile {
 /// against 0.0456, 32 blocks (224², batch 1) 0.0109 against 0.0099; d64, 96
 /// blocks (448², batch 1) 0.0242 against 0.0372, 32 blocks (224², batch 1)
 /// 0.0109 against 0.0095; d128 (InternViT-6B 448², 25 heads; PyTorch's flash
-/// kernel in brackets), Q in shared memory and K/V by TMA (rows 40–41):
-/// 1200 blocks (batch 8) 0.347 against 0.542 (0.383), 150 blocks (batch 1)
-/// 0.062 against 0.089 (0.060).
+/// kernel in brackets), Q in shared memory and TMA (rows 40–41): 1200
+/// blocks (batch 8) 0.333 against 0.542 (0.374), 150 blocks (batch 1) 0.057
+/// against 0.089 (0.060). Persistent at d64/d80 (row 43): InternViT 448²
+/// batch 32 0.48–0.50 against 0.49–0.50 with a block per tile, 1024² batch 4
+/// 0.85–0.87 against 0.93–0.94.
 const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,
         warpgroups: 3,
         min_blocks: 64,
-        q_in_shared: false,
+        persistent: true,
     },
     HopperTile {
         head_dim: 80,
         warpgroups: 3,
         min_blocks: 64,
-        q_in_shared: false,
+        persistent: true,
     },
     HopperTile {
         head_dim: 128,
         warpgroups: 3,
         min_blocks: 64,
-        q_in_shared: true,
+        persistent: false,
     },
 ];
 
 /// Keys per K/V tile of the Hopper kernel, tiles in its shared ring, and the
 /// two mbarriers (8 bytes each) per tile that pass them between producer and
-/// consumers (`WG_STAGES` in kernels/attention.cu), and the padding of a
-/// shared Q row (`WG_QPAD`).
+/// consumers (`WG_STAGES` in kernels/attention.cu); the padding of a
+/// shared Q row (`WG_QPAD`) and the Q tiles' two mbarriers.
 const HOPPER_KEYS: usize = 64;
 const HOPPER_STAGES: usize = 4;
 const HOPPER_BARRIER_BYTES: usize = 16;
 const HOPPER_Q_PAD: usize = 8;
+const HOPPER_Q_BARRIER_BYTES: usize = 16;
 
 impl AttentionKernel {
     pub(crate) fn from_env() -> Result<Self> {
@@ -115,6 +120,8 @@ impl AttentionKernel {
 pub(crate) struct Device {
     /// Hopper's warpgroup MMA (compute capability 9.0).
     pub warpgroup_mma: bool,
+    /// Multiprocessors: the grid of a persistent kernel.
+    pub multiprocessors: usize,
 }
 
 /// The shape of one attention call, as far as the kernel choice goes.
@@ -181,13 +188,14 @@ pub(crate) fn plan(
             let wg = tile.warpgroups;
             let elem = call.dtype.size_in_bytes();
             let ring = HOPPER_STAGES * (2 * HOPPER_KEYS * padded * elem + HOPPER_BARRIER_BYTES);
-            let q_tiles = match tile.q_in_shared {
-                true => wg * 64 * (padded + HOPPER_Q_PAD) * elem,
-                false => 0,
-            };
+            let q_tiles = wg * 64 * (padded + HOPPER_Q_PAD) * elem + HOPPER_Q_BARRIER_BYTES;
+            let items = blocks(64 * wg);
             return Ok(Plan::Tiled {
                 name: format!("vt_flash_attention_wg_{dt}_d{padded}_w{wg}"),
-                blocks: blocks(64 * wg),
+                blocks: match tile.persistent {
+                    true => items.min(device.multiprocessors.max(1)),
+                    false => items,
+                },
                 threads: 128 * (wg + 1) as u32,
                 shared: (ring + q_tiles) as u32,
                 tensor_maps: true,
@@ -245,9 +253,11 @@ mod tests {
     const AUTO: AttentionKernel = AttentionKernel::Auto;
     const H100: Device = Device {
         warpgroup_mma: true,
+        multiprocessors: 132,
     };
     const NO_WGMMA: Device = Device {
         warpgroup_mma: false,
+        multiprocessors: 132,
     };
 
     #[test]
@@ -258,11 +268,13 @@ mod tests {
             plan(AUTO, &c, H100),
             Ok(Plan::Tiled {
                 name: "vt_flash_attention_wg_f16_d80_w3".into(),
-                blocks: 32 * 16 * 6,
+                // Persistent: one block per multiprocessor for 32 · 16 · 6 tiles.
+                blocks: 132,
                 // Three consumer warpgroups and the producer.
                 threads: 512,
-                // Four K/V tiles of 64 keys, and two mbarriers per tile.
-                shared: 4 * (2 * 64 * 80 * 2 + 16),
+                // Four K/V tiles of 64 keys and two mbarriers per tile, then
+                // three Q tiles of 64 rows (80 + 8 elements) and their two.
+                shared: 4 * (2 * 64 * 80 * 2 + 16) + 3 * 64 * 88 * 2 + 16,
                 tensor_maps: true,
             })
         );
@@ -299,7 +311,7 @@ mod tests {
                 name: "vt_flash_attention_wg_f16_d64_w3".into(),
                 blocks: 16 * 6,
                 threads: 512,
-                shared: 4 * (2 * 64 * 64 * 2 + 16),
+                shared: 4 * (2 * 64 * 64 * 2 + 16) + 3 * 64 * 72 * 2 + 16,
                 tensor_maps: true,
             }
         );
@@ -317,9 +329,8 @@ mod tests {
     fn head_dims_pad_to_an_instantiated_kernel() {
         let p = plan(AUTO, &call(DType::F16, 72, 32, 1034, 16), H100).unwrap();
         assert_eq!(name(&p), "vt_flash_attention_wg_f16_d80_w3");
-        // InternViT-6B (d128) takes it, its Q tiles in shared memory after the
-        // ring (64 rows of 128 + 8 elements per consumer warpgroup); no
-        // Hopper kernel at d96 (unmeasured).
+        // InternViT-6B (d128) takes it, one block per query tile (not
+        // persistent); no Hopper kernel at d96 (unmeasured).
         let p = plan(AUTO, &call(DType::F16, 128, 8, 1025, 25), H100).unwrap();
         assert_eq!(
             p,
@@ -327,7 +338,7 @@ mod tests {
                 name: "vt_flash_attention_wg_f16_d128_w3".into(),
                 blocks: 8 * 25 * 6,
                 threads: 512,
-                shared: 4 * (2 * 64 * 128 * 2 + 16) + 3 * 64 * 136 * 2,
+                shared: 4 * (2 * 64 * 128 * 2 + 16) + 3 * 64 * 136 * 2 + 16,
                 tensor_maps: true,
             }
         );

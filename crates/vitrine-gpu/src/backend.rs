@@ -211,45 +211,38 @@ impl<R: GpuRuntime> GpuBackend<R> {
     }
 
     /// The Hopper attention kernel's trailing arguments: `use_tma` and TMA
-    /// maps over K and V (boxes of 64 rows × one head), or 0 and empty maps
-    /// where the slices do not allow TMA (the kernel then copies every tile
-    /// itself). The kernel's own test (`use_tma && vec && head_dim == HD`)
-    /// repeats the alignment checks, so a map is never used where it was not
-    /// built.
-    fn kv_tensor_maps(
+    /// maps over Q, K and V (boxes of 64 rows × one head), or 0 and empty
+    /// maps where the slices do not allow TMA (the kernel then copies every
+    /// tile itself). The kernel's own test (`use_tma && vec && head_dim ==
+    /// HD`) repeats the alignment checks, so a map is never used where it
+    /// was not built.
+    fn qkv_tensor_maps(
         &self,
-        k: &GpuTensor<R>,
-        v: &GpuTensor<R>,
+        qkv: [&GpuTensor<R>; 3],
         rows: usize,
         width: usize,
         head_dim: usize,
-    ) -> Result<[KernelArg; 3]> {
-        let elem = k.dtype.size_in_bytes();
+    ) -> Result<[KernelArg; 4]> {
+        let elem = qkv[0].dtype.size_in_bytes();
         let fits =
             |t: &GpuTensor<R>| t.ptr().is_multiple_of(16) && (t.ld * elem).is_multiple_of(16);
-        let none = [
-            KernelArg::I32(0),
-            KernelArg::TensorMap([0; 16]),
-            KernelArg::TensorMap([0; 16]),
-        ];
-        if elem != 2 || !head_dim.is_multiple_of(16) || !fits(k) || !fits(v) {
-            return Ok(none);
+        if elem != 2 || !head_dim.is_multiple_of(16) || !qkv.iter().all(|t| fits(t)) {
+            let none = KernelArg::TensorMap([0; 16]);
+            return Ok([KernelArg::I32(0), none, none, none]);
         }
         let map = |t: &GpuTensor<R>| {
-            self.rt.column_block_map(&ColumnBlockMap {
-                base: t.ptr(),
-                rows,
-                row_stride_bytes: t.ld * elem,
-                column_blocks: width / 8,
-                box_rows: 64,
-                box_column_blocks: (head_dim / 8) as u32,
-            })
+            self.rt
+                .column_block_map(&ColumnBlockMap {
+                    base: t.ptr(),
+                    rows,
+                    row_stride_bytes: t.ld * elem,
+                    column_blocks: width / 8,
+                    box_rows: 64,
+                    box_column_blocks: (head_dim / 8) as u32,
+                })
+                .map(KernelArg::TensorMap)
         };
-        Ok([
-            KernelArg::I32(1),
-            KernelArg::TensorMap(map(k)?),
-            KernelArg::TensorMap(map(v)?),
-        ])
+        Ok([KernelArg::I32(1), map(qkv[0])?, map(qkv[1])?, map(qkv[2])?])
     }
 
     fn seq_offsets(&self, seqs: &SeqLayout) -> Result<Arc<Tracked<R>>> {
@@ -797,6 +790,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             },
             attention::Device {
                 warpgroup_mma: self.rt.has_warpgroup_mma(),
+                multiprocessors: self.rt.multiprocessors(),
             },
         )
         .map_err(|op| Error::NotSupported {
@@ -818,7 +812,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 })?;
                 let mut args = args.to_vec();
                 if tensor_maps {
-                    args.extend(self.kv_tensor_maps(k, v, total, width, head_dim)?);
+                    args.extend(self.qkv_tensor_maps([q, k, v], total, width, head_dim)?);
                 }
                 self.rt.launch_shared(
                     KernelModule::Attention,

@@ -164,6 +164,10 @@ pub trait GpuRuntime: Send + Sync + Sized + 'static {
     /// Threads per warp / wavefront on this device (32 or 64).
     fn warp_size(&self) -> usize;
 
+    /// Streaming multiprocessors (NVIDIA) or compute units (AMD): how many
+    /// blocks of a persistent kernel (one per multiprocessor) run at once.
+    fn multiprocessors(&self) -> usize;
+
     /// Allocates `bytes` (at least 1) of device memory.
     fn alloc(&self, bytes: usize) -> Result<Self::Buffer>;
 

@@ -33,6 +33,8 @@ pub(crate) struct DeviceInfo {
     pub(crate) gcn_arch_name: String,
     /// Threads per wavefront as the runtime reports it.
     pub(crate) warp_size: usize,
+    /// Compute units.
+    pub(crate) multiprocessors: usize,
     /// Device memory in bytes.
     pub(crate) total_mem: usize,
 }
@@ -95,6 +97,7 @@ pub(crate) fn query(api: &HipApi, ordinal: c_int) -> Result<DeviceInfo> {
         name,
         gcn_arch_name,
         warp_size: from_attr as usize,
+        multiprocessors: props.multiProcessorCount.max(1) as usize,
         total_mem: props.totalGlobalMem,
     })
 }

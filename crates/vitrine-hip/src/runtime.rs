@@ -192,6 +192,10 @@ impl GpuRuntime for HipRuntime {
         self.wave
     }
 
+    fn multiprocessors(&self) -> usize {
+        self.info.multiprocessors
+    }
+
     fn alloc(&self, bytes: usize) -> Result<HipBuffer> {
         self.bind()?;
         memory::alloc(self.api, self.ordinal, bytes)
