@@ -56,11 +56,12 @@ struct HopperTile {
 /// against 0.0456, 32 blocks (224², batch 1) 0.0109 against 0.0099; d64, 96
 /// blocks (448², batch 1) 0.0242 against 0.0372, 32 blocks (224², batch 1)
 /// 0.0109 against 0.0095; d128 (InternViT-6B 448², 25 heads; PyTorch's flash
-/// kernel in brackets), Q in shared memory and TMA (rows 40–41): 1200
-/// blocks (batch 8) 0.333 against 0.542 (0.374), 150 blocks (batch 1) 0.057
-/// against 0.089 (0.060). Persistent at d64/d80 (row 43): InternViT 448²
-/// batch 32 0.48–0.50 against 0.49–0.50 with a block per tile, 1024² batch 4
-/// 0.85–0.87 against 0.93–0.94.
+/// kernel in brackets), Q in shared memory and K/V by TMA (rows 40–41):
+/// 1200 blocks (batch 8) 0.347 against 0.542 (0.383), 150 blocks (batch 1)
+/// 0.062 against 0.089 (0.060). Persistent at d64/d80 (rows 43–44), against
+/// one block per tile, interleaved runs: 512² batch 32 0.567 against 0.591,
+/// 1024² batch 4 0.861 against 0.901, InternViT 448² batch 32 0.489 against
+/// 0.519.
 const HOPPER_TILES: [HopperTile; 3] = [
     HopperTile {
         head_dim: 64,
