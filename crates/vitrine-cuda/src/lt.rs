@@ -26,6 +26,9 @@ use cudarc::driver::{result as drv, sys as drv_sys};
 use vitrine_core::{DType, Error, Result};
 use vitrine_gpu::Gemm;
 
+/// Rounds in which a shape's candidate algorithms take turns being timed.
+const TUNE_ROUNDS: usize = 5;
+
 /// Workspace offered to cuBLASLt (split-K and friends need some).
 pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
 
@@ -433,7 +436,10 @@ impl Lt {
     /// after one warm-up, so a small GEMM is timed as it runs inside a
     /// forward pass (queued behind other work), not with a launch and a
     /// synchronisation around each run, which would favour the fewest
-    /// kernels over the fastest ones.
+    /// kernels over the fastest ones. The candidates take turns over
+    /// `TUNE_ROUNDS` rounds and the lowest median wins: one timing each let
+    /// a clock ramp or a stray delay pick a slower split-K algorithm in some
+    /// processes (batch-1 RADIO-H at 2.0 or 2.3 ms from one binary).
     fn tune(
         &self,
         plan: &mut Plan,
@@ -444,23 +450,31 @@ impl Lt {
     ) -> Result<()> {
         let mut candidates = vec![plan.algo];
         candidates.append(&mut plan.untimed);
+        // A candidate that fails to launch is simply not chosen.
+        candidates.retain(|algo| self.run(plan, algo, g, workspace, stream).is_ok());
         let events = Events::new()?;
-        let mut best = (f32::INFINITY, plan.algo);
-        for algo in candidates {
-            // A candidate that fails to launch is simply not chosen.
-            if self.run(plan, &algo, g, workspace, stream).is_err() {
-                continue;
-            }
-            events.start(stream)?;
-            for _ in 0..3 {
-                self.run(plan, &algo, g, workspace, stream)?;
-            }
-            let ms = events.stop(stream, sync)?;
-            if ms < best.0 {
-                best = (ms, algo);
+        let mut times = vec![Vec::with_capacity(TUNE_ROUNDS); candidates.len()];
+        for _ in 0..TUNE_ROUNDS {
+            for (algo, times) in candidates.iter().zip(&mut times) {
+                events.start(stream)?;
+                for _ in 0..3 {
+                    self.run(plan, algo, g, workspace, stream)?;
+                }
+                times.push(events.stop(stream, sync)?);
             }
         }
-        plan.algo = best.1;
+        let median = |t: &mut Vec<f32>| {
+            t.sort_by(f32::total_cmp);
+            t[t.len() / 2]
+        };
+        if let Some((_, algo)) = times
+            .iter_mut()
+            .map(median)
+            .zip(candidates)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+        {
+            plan.algo = algo;
+        }
         Ok(())
     }
 
