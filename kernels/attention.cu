@@ -517,8 +517,9 @@ VT_FLASH_ATTENTION_DIMS(bf16, vt_bf16)
 // order of the grid of one block per item; block b takes items b,
 // b + gridDim.x, ..., and the K/V ring runs on across them. The host launches
 // one block per multiprocessor (persistent, d64 and d80: the next item's Q
-// and first K/V tiles arrive while this one finishes; row 43) or one block
-// per item (d128).
+// and first K/V tiles arrive while this one finishes; rows 43–44) or one
+// block per item (d128). Every barrier phase is waited for before it can
+// complete twice (see producer_lockstep): a lapped parity wait never returns.
 //
 // Launch: block = 128·(WG + 1) threads, dynamic shared memory
 // WG_STAGES · (2 · KEYS · HD · 2 + 16) + WG · 64 · (HD + 8) · 2 + 16 bytes,
