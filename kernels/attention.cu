@@ -258,19 +258,21 @@ template <int HD> VT_DEVICE void rescale_rows(float (*o)[4], const float resc[2]
   }
 }
 
+// 1 / (a row's softmax denominator): each of the quad's four threads holds
+// the partial sum over its columns; the same two shuffles and division for
+// every way the output rows leave.
+VT_DEVICE float inverse_row_sum(float l) {
+  l += vt_group_shfl_xor(l, 1);
+  l += vt_group_shfl_xor(l, 2);
+  return 1.0f / l;
+}
+
 // Writes one group's 16 rows of normalised output (rows past the sequence
 // and columns past head_dim are skipped).
 template <typename T, int HD>
 VT_DEVICE void store_rows(T* oh, int ldo, int ra, int len, int head_dim, int t, float (*o)[4],
                           const float l[2]) {
-  float inv[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += vt_group_shfl_xor(sum, 1);
-    sum += vt_group_shfl_xor(sum, 2);
-    inv[h] = 1.0f / sum;
-  }
+  const float inv[2] = {inverse_row_sum(l[0]), inverse_row_sum(l[1])};
   const bool pairs = rows_aligned<4>(oh, ldo);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -596,10 +598,7 @@ template <typename T, int HD>
 VT_DEVICE void stage_rows(uint16_t* stage, int lr, int t, float (*o)[4], const float l[2]) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += vt_group_shfl_xor(sum, 1);
-    sum += vt_group_shfl_xor(sum, 2);
-    const float inv = 1.0f / sum;
+    const float inv = inverse_row_sum(l[h]);
 #pragma unroll
     for (int d = 0; d < HD / 8; ++d)
       *(uint32_t*)(stage + (lr + 8 * h) * WG_QPAD(HD) + d * 8 + 2 * t) =

@@ -147,8 +147,9 @@ pub(crate) enum Plan {
         threads: u32,
         /// Dynamic shared memory per block, bytes.
         shared: u32,
-        /// Whether the kernel takes K/V tensor maps after the shared
-        /// arguments (the Hopper kernel: `use_tma`, `k_map`, `v_map`).
+        /// Whether the kernel takes TMA tensor maps after the shared
+        /// arguments (the Hopper kernel: `use_tma`, `q_map`, `k_map`,
+        /// `v_map`).
         tensor_maps: bool,
     },
     /// The reference kernel (grid-stride over (row, head) pairs; the caller
