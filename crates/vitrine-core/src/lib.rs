@@ -19,6 +19,6 @@ mod seq;
 pub use backend::{Backend, MemoryStats, Replay, TensorInfo};
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use host::{HostData, HostTensor};
+pub use host::{touched_vec, HostData, HostTensor};
 pub use resize::{ResizeMode, ResizeSpec};
 pub use seq::SeqLayout;

@@ -10,6 +10,7 @@
 
 mod lt;
 mod runtime;
+mod staging;
 
 pub use runtime::CudaRuntime;
 use vitrine_core::Result;

@@ -14,6 +14,7 @@ use vitrine_gpu::{
 
 use crate::embedded::FATBINS;
 use crate::lt::{self, Lt};
+use crate::staging::{Staging, STAGING_MIN_BYTES};
 
 fn driver_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("CUDA {what}: {e}"))
@@ -51,6 +52,17 @@ impl Drop for CudaBuffer {
     }
 }
 
+/// The pinned buffer that large copies pass through (see staging.rs), made
+/// on the first large copy.
+enum StagingState {
+    Untried,
+    Ready(Staging),
+    /// `cuMemHostAlloc` failed (e.g. a locked-memory limit): large copies
+    /// then go straight from and to pageable memory, which is slower but
+    /// gives the same bytes.
+    Unavailable,
+}
+
 /// Dynamic shared memory a block may take without opting in.
 const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
 
@@ -80,6 +92,7 @@ pub struct CudaRuntime {
     /// Small batches run as recorded CUDA graphs; off with
     /// `VITRINE_CUDA_GRAPHS=0` (for A/B comparisons).
     graphs: bool,
+    staging: Mutex<StagingState>,
 }
 
 /// Allocates in stream order from the device's default memory pool.
@@ -184,6 +197,29 @@ impl CudaRuntime {
         }
         Ok(f.clone())
     }
+
+    /// Runs `copy` with the pinned staging buffer, made on first use; `None`
+    /// when it cannot be had, and the caller copies from pageable memory.
+    fn with_staging<T>(&self, copy: impl FnOnce(&mut Staging) -> T) -> Result<Option<T>> {
+        let mut state = self
+            .staging
+            .lock()
+            .map_err(|_| Error::Backend("staging buffer poisoned".into()))?;
+        if matches!(*state, StagingState::Untried) {
+            self.stream
+                .context()
+                .bind_to_thread()
+                .map_err(|e| driver_err("bind context", e))?;
+            *state = match Staging::new() {
+                Ok(s) => StagingState::Ready(s),
+                Err(_) => StagingState::Unavailable,
+            };
+        }
+        Ok(match &mut *state {
+            StagingState::Ready(s) => Some(copy(s)),
+            _ => None,
+        })
+    }
 }
 
 fn data_type(d: DType) -> blas_sys::cudaDataType {
@@ -264,6 +300,7 @@ impl GpuRuntime for CudaRuntime {
             sms,
             hopper,
             graphs: !matches!(std::env::var("VITRINE_CUDA_GRAPHS").as_deref(), Ok("0")),
+            staging: Mutex::new(StagingState::Untried),
         })
     }
 
@@ -291,6 +328,11 @@ impl GpuRuntime for CudaRuntime {
                 dst.bytes
             )));
         }
+        if src.len() >= STAGING_MIN_BYTES {
+            if let Some(result) = self.with_staging(|st| st.upload(&self.stream, dst.ptr, src))? {
+                return result.map_err(|e| driver_err("upload", e));
+            }
+        }
         // SAFETY: bounds checked above; the stream is synchronised before
         // returning, so `src` stays valid for the whole copy.
         unsafe { drv::memcpy_htod_async(dst.ptr, src, self.stream.cu_stream()) }
@@ -299,6 +341,11 @@ impl GpuRuntime for CudaRuntime {
     }
 
     fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.len() >= STAGING_MIN_BYTES {
+            if let Some(result) = self.with_staging(|st| st.download(&self.stream, src, dst))? {
+                return result.map_err(|e| driver_err("download", e));
+            }
+        }
         // SAFETY: callers pass an address inside a live buffer with at least
         // `dst.len()` bytes after it; the stream is synchronised before return.
         unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }

@@ -1,10 +1,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use half::{bf16, f16};
 use vitrine_core::{
-    checks, Backend, DType, Error, HostData, HostTensor, MemoryStats, Replay, ResizeMode,
-    ResizeSpec, Result, SeqLayout, TensorInfo,
+    checks, touched_vec, Backend, DType, Error, HostData, HostTensor, MemoryStats, Replay,
+    ResizeMode, ResizeSpec, Result, SeqLayout, TensorInfo,
 };
 
 use crate::attention::{self, AttentionKernel, Plan};
@@ -412,12 +411,26 @@ fn linear_gemm<R: GpuRuntime>(
     }
 }
 
-fn host_bytes(t: &HostTensor) -> Vec<u8> {
+/// A host tensor's storage as the bytes a device holds (both little-endian,
+/// see the check in lib.rs), without a copy.
+fn host_bytes(t: &HostTensor) -> &[u8] {
     match t.data() {
-        HostData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        HostData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        HostData::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        HostData::F32(v) => bytemuck::cast_slice(v),
+        HostData::F16(v) => bytemuck::cast_slice(v),
+        HostData::BF16(v) => bytemuck::cast_slice(v),
     }
+}
+
+/// A host vector of `n` elements with a device buffer's bytes copied in
+/// (pages touched first across threads: see `touched_vec`).
+fn download_vec<R: GpuRuntime, T: bytemuck::Pod + Send + Sync>(
+    rt: &R,
+    src: u64,
+    n: usize,
+) -> Result<Vec<T>> {
+    let mut v = touched_vec(n, T::zeroed());
+    rt.copy_to_host(src, bytemuck::cast_slice_mut(&mut v))?;
+    Ok(v)
 }
 
 impl<R: GpuRuntime> Backend for GpuBackend<R> {
@@ -429,8 +442,14 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
 
     fn upload(&self, host: &HostTensor, dtype: DType) -> Result<GpuTensor<R>> {
         let _t = self.timed("upload");
-        let converted = host.to_dtype(dtype);
-        let buf = self.upload_bytes(&host_bytes(&converted))?;
+        let converted;
+        let stored = if host.dtype() == dtype {
+            host
+        } else {
+            converted = host.to_dtype(dtype);
+            &converted
+        };
+        let buf = self.upload_bytes(host_bytes(stored))?;
         Ok(GpuTensor {
             buf: Arc::new(buf),
             offset: 0,
@@ -479,34 +498,22 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 format!("{:?} into a tensor of {:?}", host.shape(), dst.dims),
             ));
         }
-        let bytes = host_bytes(&host.to_dtype(dst.dtype));
-        self.rt.copy_to_device(&dst.buf.buf, &bytes)
+        if host.dtype() == dst.dtype {
+            self.rt.copy_to_device(&dst.buf.buf, host_bytes(host))
+        } else {
+            let converted = host.to_dtype(dst.dtype);
+            self.rt.copy_to_device(&dst.buf.buf, host_bytes(&converted))
+        }
     }
 
     fn download(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
         let _t = self.timed("download");
         let x = &self.dense(x)?;
-        let mut bytes = vec![0u8; x.numel() * x.dtype.size_in_bytes()];
-        self.rt.copy_to_host(x.ptr(), &mut bytes)?;
+        let (rt, src, n) = (&self.rt, x.ptr(), x.numel());
         let data = match x.dtype {
-            DType::F32 => HostData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ),
-            DType::F16 => HostData::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
-            DType::BF16 => HostData::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
+            DType::F32 => HostData::F32(download_vec(rt, src, n)?),
+            DType::F16 => HostData::F16(download_vec(rt, src, n)?),
+            DType::BF16 => HostData::BF16(download_vec(rt, src, n)?),
         };
         HostTensor::new(x.dims.clone(), data)
     }

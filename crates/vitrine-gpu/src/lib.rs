@@ -7,6 +7,12 @@
 //! suffixes and shape checks therefore cannot drift between vendors.
 #![warn(missing_docs)]
 
+// Host tensors go to and from device buffers as byte views of their storage
+// (no per-element conversion), which is right only where the host stores
+// numbers as the GPUs do: little-endian.
+#[cfg(not(target_endian = "little"))]
+compile_error!("vitrine-gpu copies host tensors byte for byte and needs a little-endian host");
+
 mod attention;
 mod backend;
 mod profile;

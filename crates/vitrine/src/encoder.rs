@@ -168,7 +168,14 @@ impl<B: Backend> Runner for Loaded<B> {
             .recorder
             .prepare(be, &self.model, self.dtype, groups, keep)?;
         let outputs = pass.run()?;
-        let host = |t: &B::Tensor| be.download(t).map(|h| h.to_dtype(DType::F32));
+        // Widened to f32 where the tensor is (exact for every dtype): on a
+        // GPU that is one small kernel, against a host conversion that took
+        // longer than the copy (docs/performance.md row 47).
+        let host = |t: &B::Tensor| {
+            be.cast(t, DType::F32)
+                .and_then(|t| be.download(&t))
+                .map(|h| h.into_dtype(DType::F32))
+        };
         outputs
             .iter()
             .map(|o| {
