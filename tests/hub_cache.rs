@@ -145,6 +145,13 @@ fn revisions_resolve_by_branch_tag_and_commit() {
     assert_eq!(commit_of(at(Some(other))), other, "a commit needs no ref");
     let err = at(Some("nope")).unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("offline"), "{err}");
+    // A revision is a file under refs/, never a path out of it: a file
+    // planted beside the cache is not read.
+    std::fs::write(cache.join("planted"), COMMIT).unwrap();
+    for bad in ["../../planted", "/etc/hostname", "a/../../../planted"] {
+        let err = at(Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("bad revision"), "{bad}: {err}");
+    }
 }
 
 #[test]

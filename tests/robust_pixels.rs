@@ -45,10 +45,11 @@ fn wrong_rank_and_channel_count() {
         );
         assert!(m.contains(&format!("{shape:?}")), "{m}");
     }
-    // Empty batch and empty sides.
-    for shape in [vec![0, 3, 32, 32], vec![1, 3, 0, 32]] {
-        assert!(enc.forward_pixels(&ramp(shape, 0)).is_err());
-    }
+    // Empty batch and empty sides, named as such.
+    let m = invalid(enc.forward_pixels(&ramp(vec![0, 3, 32, 32], 0)));
+    assert!(m.contains("a batch of 0 images"), "{m}");
+    let m = invalid(enc.forward_pixels(&ramp(vec![1, 3, 0, 32], 0)));
+    assert_eq!(m, "image size 0x32 is empty");
     // Still usable.
     enc.forward_pixels(&ramp(vec![1, 3, 32, 32], 0)).unwrap();
 }

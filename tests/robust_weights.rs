@@ -132,6 +132,26 @@ fn shape_that_disagrees_with_the_config() {
 }
 
 #[test]
+fn scalar_where_a_matrix_is_expected() {
+    // The MLP width is read from fc1's first axis before any shape check.
+    let fc1 = "radio_model.model.blocks.0.mlp.fc1.weight";
+    let dir = edited_model("scalar_fc1", "radio_v4", |t| {
+        let x = t.iter_mut().find(|x| x.name == fc1).unwrap();
+        x.shape = vec![];
+        x.bytes.truncate(4);
+    });
+    expect_checkpoint_err(&dir, &["blocks.0.mlp.fc1.weight", "expected a matrix"]);
+    // InternViT (HF layout) stacks q, k and v by rows.
+    let k = "encoder.layer.0.attention.k_proj.weight";
+    let dir = edited_model("scalar_k", "internvit_300m", |t| {
+        let x = t.iter_mut().find(|x| x.name == k).unwrap();
+        x.shape = vec![];
+        x.bytes.truncate(4);
+    });
+    expect_checkpoint_err(&dir, &["k_proj.weight", "scalar, not rows"]);
+}
+
+#[test]
 fn missing_tensor() {
     let name = "radio_model.model.blocks.1.attn.proj.weight";
     let dir = edited_model("missing", "radio_v4", |t| t.retain(|x| x.name != name));
@@ -274,6 +294,20 @@ fn inconsistent_or_unknown_configs() {
             json!("48"),
             false,
             vec!["`hidden_size` must be a non-negative integer"],
+        ),
+        (
+            "depth0",
+            "num_hidden_layers",
+            json!(0),
+            false,
+            vec!["`num_hidden_layers` is 0"],
+        ),
+        (
+            "patchhuge",
+            "patch_size",
+            json!(4_294_967_296u64),
+            false,
+            vec!["`patch_size` = 4294967296 is out of range"],
         ),
         (
             "mtype",

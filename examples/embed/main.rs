@@ -333,7 +333,7 @@ fn run_images(args: &Args) -> Result<Outcome> {
         bail!(
             "--intermediates {bad}: the model has {} blocks (0..={})",
             encoder.depth(),
-            encoder.depth() - 1
+            encoder.depth().saturating_sub(1)
         );
     }
     let loaded = start.elapsed();

@@ -65,7 +65,18 @@ pub struct HostTensor {
 impl HostTensor {
     /// Wraps data with a shape; fails if the element count disagrees.
     pub fn new(shape: Vec<usize>, data: HostData) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        // Checked: a product that wrapped could match the data's length and
+        // let a huge shape through with no data behind it. Once it matches
+        // the length, `numel` cannot overflow.
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                Error::shape(
+                    "HostTensor::new",
+                    format!("shape {shape:?} has more elements than memory can hold"),
+                )
+            })?;
         let len = match &data {
             HostData::F32(v) => v.len(),
             HostData::F16(v) => v.len(),
@@ -250,6 +261,18 @@ mod tests {
         let same = t.into_dtype(DType::F32);
         assert!(matches!(same.data(), HostData::F32(v) if v.as_ptr() == ptr));
         assert_eq!(same.into_dtype(DType::F16).dtype(), DType::F16);
+    }
+
+    #[test]
+    fn a_shape_whose_product_wraps_is_refused() {
+        // 2^22 · 3 · 2^21 · 2^21 wraps to 0 in 64 bits: it must not pass as
+        // an empty tensor.
+        let huge = vec![1 << 22, 3, 1 << 21, 1 << 21];
+        let err = HostTensor::from_f32(huge, vec![]).unwrap_err();
+        assert!(
+            err.to_string().contains("more elements than memory"),
+            "{err}"
+        );
     }
 
     #[test]

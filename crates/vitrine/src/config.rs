@@ -100,13 +100,20 @@ impl<'a> Cfg<'a> {
     }
 
     fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
-        v.as_u64()
+        let n = v
+            .as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| {
                 self.err(format!(
                     "`{key}` must be a non-negative integer (or a square [h, w]), got {v}"
                 ))
-            })
+            })?;
+        if n > CONFIG_INT_MAX {
+            return Err(self.err(format!(
+                "`{key}` = {n} is out of range (at most {CONFIG_INT_MAX})"
+            )));
+        }
+        Ok(n)
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
@@ -165,9 +172,24 @@ impl<'a> Cfg<'a> {
     }
 }
 
+/// The largest integer a config may hold, far above any real size (widths,
+/// depths, image sides, token counts), so that the products the loader
+/// forms from them (3·p², grid², cls + registers) cannot overflow.
+const CONFIG_INT_MAX: usize = 1 << 24;
+
 fn need_shape(ckpt: &Checkpoint, map: KeyMap, name: &str, path: &Path) -> Result<Vec<usize>> {
     stored_shape(ckpt, map, name)
         .ok_or_else(|| Error::checkpoint(path, format!("missing tensor `{name}`")))
+}
+
+/// `num_hidden_layers`, at least 1. A checkpoint with more blocks than that
+/// loads the first ones and reports the rest as unused, as the reference
+/// does; with fewer, loading fails on the first missing tensor.
+fn depth(c: &Cfg) -> Result<usize> {
+    match c.usize("num_hidden_layers")? {
+        0 => Err(c.err("`num_hidden_layers` is 0: the model needs at least one block")),
+        n => Ok(n),
+    }
 }
 
 fn count_blocks(ckpt: &Checkpoint, map: KeyMap, prefix: &str) -> usize {
@@ -177,8 +199,14 @@ fn count_blocks(ckpt: &Checkpoint, map: KeyMap, prefix: &str) -> usize {
 }
 
 fn mlp_hidden(ckpt: &Checkpoint, map: KeyMap, prefix: &str, path: &Path) -> Result<usize> {
-    let s = need_shape(ckpt, map, &format!("{prefix}.0.mlp.fc1.weight"), path)?;
-    Ok(s[0])
+    let name = format!("{prefix}.0.mlp.fc1.weight");
+    match need_shape(ckpt, map, &name, path)?.as_slice() {
+        [hidden, _] => Ok(*hidden),
+        other => Err(Error::checkpoint(
+            path,
+            format!("`{name}` has shape {other:?}, expected a matrix [hidden, width]"),
+        )),
+    }
 }
 
 fn check_heads(hidden: usize, heads: usize, path: &Path) -> Result<()> {
@@ -214,7 +242,7 @@ fn radio_native(c: &Cfg, ckpt: &Checkpoint) -> Result<RadioSpec> {
     Ok(RadioSpec {
         trunk: TrunkSpec {
             hidden,
-            depth: c.usize("num_hidden_layers")?,
+            depth: depth(c)?,
             heads,
             mlp_hidden: mlp_hidden(ckpt, map, radio::BLOCKS, c.path)?,
             norm: NormKind::LayerNorm,
@@ -396,7 +424,7 @@ fn internvit_common(
     Ok(InternVitSpec {
         trunk: TrunkSpec {
             hidden,
-            depth: c.usize("num_hidden_layers")?,
+            depth: depth(c)?,
             heads,
             mlp_hidden: mlp_hidden(ckpt, map, internvit::BLOCKS, c.path)?,
             norm,

@@ -632,6 +632,8 @@ impl Encoder {
     /// (no download, no NaN check). For benchmarks; use
     /// [`Encoder::forward_pixels`] for results.
     pub fn time_forward(&self, pixels: &HostTensor, repeats: usize) -> Result<DeviceTiming> {
+        // The same refusal up front as a forward call (activation limit).
+        self.check_request(std::slice::from_ref(pixels), &[], self.dtype)?;
         self.runner.time_forward(pixels, repeats)
     }
 

@@ -213,6 +213,14 @@ pub fn find_in_cache(
     let commit = if is_commit(revision) {
         revision.to_string()
     } else {
+        // A branch or tag names a file under refs/ (`main`, `refs/pr/1`);
+        // nothing that could lead outside it.
+        let inside = std::path::Path::new(revision)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if revision.is_empty() || !inside || revision.contains('\\') {
+            return Err(format!("bad revision `{revision}`"));
+        }
         let r = root.join("refs").join(revision);
         std::fs::read_to_string(&r)
             .map_err(|e| format!("cannot read {}: {e}", r.display()))?

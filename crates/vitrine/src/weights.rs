@@ -120,6 +120,13 @@ impl<'a, B: Backend> Weights<'a, B> {
                         let part = self.ckpt.tensor(k)?.ok_or_else(|| {
                             Error::checkpoint(&self.dir, format!("missing `{k}`"))
                         })?;
+                        // Stacked along rows: each part needs a row axis.
+                        if part.shape().is_empty() {
+                            return Err(Error::checkpoint(
+                                &self.dir,
+                                format!("cannot stack `{k}`: it is a scalar, not rows"),
+                            ));
+                        }
                         shape = Some(match shape {
                             None => part.shape().to_vec(),
                             Some(mut s) => {

@@ -151,7 +151,15 @@ impl<B: Backend> Radio<B> {
             })
         };
         if let Some(stored) = w.ints("summary_idxs")? {
-            let stored: Vec<usize> = stored.iter().map(|&i| i as usize).collect();
+            let stored = stored
+                .iter()
+                .map(|&i| usize::try_from(i))
+                .collect::<std::result::Result<Vec<usize>, _>>()
+                .map_err(|_| {
+                    w.error(format!(
+                        "the checkpoint's summary_idxs {stored:?} hold a negative index"
+                    ))
+                })?;
             if stored != spec.summary_idxs {
                 return Err(w.error(format!(
                     "the checkpoint's summary_idxs {stored:?} disagree with the config's {:?}",
@@ -250,6 +258,12 @@ pub(crate) fn image_grid<T: TensorInfo>(pixels: &T, p: usize) -> Result<(usize, 
         [b, 3, h, w] if h % p == 0 && w % p == 0 && h > 0 && w > 0 && b > 0 => {
             Ok((b, h / p, w / p))
         }
+        [0, 3, _, _] => Err(Error::InvalidArgument(
+            "a batch of 0 images: pixel values need at least one".into(),
+        )),
+        [_, 3, h, w] if h == 0 || w == 0 => Err(Error::InvalidArgument(format!(
+            "image size {h}x{w} is empty"
+        ))),
         [_, 3, h, w] => {
             let near = |v: usize| (((v as f64 / p as f64).round() as usize).max(1)) * p;
             Err(Error::InvalidArgument(format!(
