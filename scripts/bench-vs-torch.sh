@@ -28,6 +28,9 @@ chmod +x "$BIN"
   "$BIN" --device cuda:0 --dtype bf16 --filter internvit
 } | tee "$LOGS/vitrine_bench_bf16.jsonl"
 BASELINE_OUT=$LOGS python3 "$REPO/scripts/torch_baseline.py" > "$LOGS/torch.log" 2>&1
+# End-to-end calls (host pixels in, f32 outputs on the host): PyTorch's
+# counterpart of bench_gpu's e2e_ms.
+python3 "$REPO/scripts/torch_e2e.py" > "$LOGS/torch_e2e.jsonl" 2>"$LOGS/torch_e2e.log" || true
 python3 - "$LOGS" <<'PY'
 import json, sys
 logs = sys.argv[1]
@@ -51,6 +54,20 @@ for case, unit, ref, key in rows:
     theirs = ref[key]
     ratio = theirs / mine if key == "ms" else mine / theirs
     print(f"| {case} ({unit}) | {mine:.1f} | {theirs:.1f} | {ratio:.3f}× |")
+
+e2e = [json.loads(l) for l in open(f"{logs}/torch_e2e.jsonl") if l.startswith("{")]
+def te(kind, batch, h, w):
+    return next((r for r in e2e if r["kind"] == kind and (r["batch"], r["h"], r["w"]) == (batch, h, w)), None)
+print("\n| end to end, fp16 (host pixels in, f32 outputs on the host; ms) | vitrine | PyTorch | ratio |\n|---|---|---|---|")
+for case, ref in [("radio_h_224x224_b1", te("radio_e2e", 1, 224, 224)),
+                  ("radio_h_512x512_b32", te("radio_e2e", 32, 512, 512)),
+                  ("radio_h_432x640_b8", te("radio_e2e", 8, 432, 640)),
+                  ("radio_h_1024x1024_b4", te("radio_e2e", 4, 1024, 1024)),
+                  ("internvit_300m_448x448_b32", te("internvl_e2e", 32, 448, 448))]:
+    o = ours.get(case)
+    if not o or not ref:
+        print(f"| {case} | missing | missing | |"); continue
+    print(f"| {case} | {o['e2e_ms']:.1f} | {ref['e2e_ms']:.1f} | {ref['e2e_ms'] / o['e2e_ms']:.3f}× |")
 
 bf16 = {r["case"]: r for r in map(json.loads, open(f"{logs}/vitrine_bench_bf16.jsonl"))}
 def b(kind, compiled=False, **kw):
