@@ -32,6 +32,14 @@ pub trait Backend: Send + Sync {
     /// Copies a device tensor back to the host, in its storage type.
     fn download(&self, x: &Self::Tensor) -> Result<HostTensor>;
 
+    /// Copies a device tensor back to the host as f32 (exact for every
+    /// storage type). By default widened on the host, across threads; a GPU
+    /// backend widens on the device instead, which saves a host pass over
+    /// every output (docs/performance.md row 47).
+    fn download_f32(&self, x: &Self::Tensor) -> Result<HostTensor> {
+        Ok(self.download(x)?.into_dtype(DType::F32))
+    }
+
     /// Converts to another storage type (rounding to nearest even).
     fn cast(&self, x: &Self::Tensor, dtype: DType) -> Result<Self::Tensor>;
 

@@ -9,12 +9,13 @@ use cudarc::driver::{result as drv, sys as drv_sys, CudaFunction, CudaModule, Cu
 use cudarc::nvrtc::Ptx;
 use vitrine_core::{DType, Error, Replay, Result};
 use vitrine_gpu::{
-    ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, TensorMapBytes,
+    ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, Staging,
+    TensorMapBytes,
 };
 
 use crate::embedded::FATBINS;
 use crate::lt::{self, Lt};
-use crate::staging::{Staging, STAGING_MIN_BYTES};
+use crate::staging::PinnedHost;
 
 fn driver_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("CUDA {what}: {e}"))
@@ -52,22 +53,14 @@ impl Drop for CudaBuffer {
     }
 }
 
-/// The pinned buffer that large copies pass through (see staging.rs), made
-/// on the first large copy.
-enum StagingState {
-    Untried,
-    Ready(Staging),
-    /// `cuMemHostAlloc` failed (e.g. a locked-memory limit): large copies
-    /// then go straight from and to pageable memory, which is slower but
-    /// gives the same bytes.
-    Unavailable,
-}
-
 /// Dynamic shared memory a block may take without opting in.
 const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
 
 /// CUDA device, stream, kernels, cuBLAS and cuBLASLt handles.
 pub struct CudaRuntime {
+    /// The pinned buffer large copies pass through (vitrine-gpu's staging).
+    /// First, so that it is freed while the context still lives.
+    staging: Staging<PinnedHost>,
     _device: CudaDevice,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
@@ -92,7 +85,6 @@ pub struct CudaRuntime {
     /// Small batches run as recorded CUDA graphs; off with
     /// `VITRINE_CUDA_GRAPHS=0` (for A/B comparisons).
     graphs: bool,
-    staging: Mutex<StagingState>,
 }
 
 /// Allocates in stream order from the device's default memory pool.
@@ -198,27 +190,23 @@ impl CudaRuntime {
         Ok(f.clone())
     }
 
-    /// Runs `copy` with the pinned staging buffer, made on first use; `None`
-    /// when it cannot be had, and the caller copies from pageable memory.
-    fn with_staging<T>(&self, copy: impl FnOnce(&mut Staging) -> T) -> Result<Option<T>> {
-        let mut state = self
-            .staging
-            .lock()
-            .map_err(|_| Error::Backend("staging buffer poisoned".into()))?;
-        if matches!(*state, StagingState::Untried) {
-            self.stream
-                .context()
-                .bind_to_thread()
-                .map_err(|e| driver_err("bind context", e))?;
-            *state = match Staging::new() {
-                Ok(s) => StagingState::Ready(s),
-                Err(_) => StagingState::Unavailable,
-            };
-        }
-        Ok(match &mut *state {
-            StagingState::Ready(s) => Some(copy(s)),
-            _ => None,
-        })
+    /// The staging buffer, made with this runtime's context current.
+    fn pinned(&self) -> Result<Option<PinnedHost>> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_err("bind context", e))?;
+        Ok(PinnedHost::new())
+    }
+
+    /// Waits for the stream. Straight to `cuStreamSynchronize`: cudarc's
+    /// `synchronize` first reports (and clears) an error some earlier drop
+    /// left on the context, returning before the wait, and a staging chunk
+    /// must not be reused while its copy may still run.
+    fn wait_stream(&self, what: &str) -> Result<()> {
+        // SAFETY: the stream is alive as long as `self`.
+        unsafe { drv::stream::synchronize(self.stream.cu_stream()) }
+            .map_err(|e| driver_err(what, e))
     }
 }
 
@@ -300,7 +288,7 @@ impl GpuRuntime for CudaRuntime {
             sms,
             hopper,
             graphs: !matches!(std::env::var("VITRINE_CUDA_GRAPHS").as_deref(), Ok("0")),
-            staging: Mutex::new(StagingState::Untried),
+            staging: Staging::default(),
         })
     }
 
@@ -328,10 +316,21 @@ impl GpuRuntime for CudaRuntime {
                 dst.bytes
             )));
         }
-        if src.len() >= STAGING_MIN_BYTES {
-            if let Some(result) = self.with_staging(|st| st.upload(&self.stream, dst.ptr, src))? {
-                return result.map_err(|e| driver_err("upload", e));
-            }
+
+        let staged = self.staging.upload(
+            || self.pinned(),
+            dst.ptr,
+            src,
+            |at, chunk| {
+                // SAFETY: `at` lies inside `dst` (bounds checked above) and the
+                // stream is synchronised before `chunk` is reused.
+                unsafe { drv::memcpy_htod_async(at, chunk, self.stream.cu_stream()) }
+                    .map_err(|e| driver_err("upload", e))?;
+                self.wait_stream("upload")
+            },
+        )?;
+        if staged {
+            return Ok(());
         }
         // SAFETY: bounds checked above; the stream is synchronised before
         // returning, so `src` stays valid for the whole copy.
@@ -341,10 +340,21 @@ impl GpuRuntime for CudaRuntime {
     }
 
     fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        if dst.len() >= STAGING_MIN_BYTES {
-            if let Some(result) = self.with_staging(|st| st.download(&self.stream, src, dst))? {
-                return result.map_err(|e| driver_err("download", e));
-            }
+        let staged = self.staging.download(
+            || self.pinned(),
+            src,
+            dst,
+            |chunk, at| {
+                // SAFETY: callers pass an address inside a live buffer with at
+                // least `dst.len()` bytes after it; `chunk` is live host memory,
+                // read only after the synchronisation.
+                unsafe { drv::memcpy_dtoh_async(chunk, at, self.stream.cu_stream()) }
+                    .map_err(|e| driver_err("download", e))?;
+                self.wait_stream("download")
+            },
+        )?;
+        if staged {
+            return Ok(());
         }
         // SAFETY: callers pass an address inside a live buffer with at least
         // `dst.len()` bytes after it; the stream is synchronised before return.
@@ -534,7 +544,27 @@ impl GpuRuntime for CudaRuntime {
         match self.stream.end_capture(flags) {
             Ok(Some(graph)) => Ok(Box::new(CudaReplay(graph))),
             Ok(None) => Err(Error::Backend("CUDA graph capture recorded nothing".into())),
-            Err(e) => Err(driver_err("graph capture", e)),
+            Err(e) => {
+                // cudarc reports an error an earlier drop left on the context
+                // before it ends the capture; a stream left capturing would
+                // record every later op instead of running it. So end it here
+                // whatever happened, and drop what it recorded.
+                let raw = self.stream.cu_stream();
+                // SAFETY: the stream is alive; a graph we get back is ours to
+                // destroy, once.
+                unsafe {
+                    if drv::stream::is_capturing(raw).is_ok_and(|s| {
+                        s != drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+                    }) {
+                        if let Ok(graph) = drv::stream::end_capture(raw) {
+                            if !graph.is_null() {
+                                let _ = drv_sys::cuGraphDestroy(graph);
+                            }
+                        }
+                    }
+                }
+                Err(driver_err("graph capture", e))
+            }
         }
     }
 }

@@ -308,7 +308,14 @@ impl<R: GpuRuntime> GpuBackend<R> {
     }
 
     fn alloc(&self, dims: &[usize], dtype: DType) -> Result<GpuTensor<R>> {
-        let bytes = dims.iter().product::<usize>() * dtype.size_in_bytes();
+        let bytes = dims
+            .iter()
+            .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "a {dtype} tensor of {dims:?} is too large to address"
+                ))
+            })?;
         let buf = self.rt.alloc(bytes.max(1))?;
         Ok(GpuTensor {
             buf: Arc::new(Tracked::new(buf, &self.memory)),
@@ -516,6 +523,18 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
             DType::BF16 => HostData::BF16(download_vec(rt, src, n)?),
         };
         HostTensor::new(x.dims.clone(), data)
+    }
+
+    fn download_f32(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
+        // Widened by a kernel (exact; NaNs come back as the canonical NaN),
+        // then copied straight into the result. The f32 copy is one more
+        // device buffer the activation estimate does not count: when it does
+        // not fit, the host widens instead.
+        match self.cast(x, DType::F32) {
+            Ok(wide) => self.download(&wide),
+            Err(Error::OutOfMemory { .. }) => Ok(self.download(x)?.into_dtype(DType::F32)),
+            Err(e) => Err(e),
+        }
     }
 
     fn cast(&self, x: &GpuTensor<R>, dtype: DType) -> Result<GpuTensor<R>> {

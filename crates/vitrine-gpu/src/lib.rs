@@ -17,8 +17,10 @@ mod attention;
 mod backend;
 mod profile;
 mod runtime;
+mod staging;
 
 pub use backend::{GpuBackend, GpuTensor};
 pub use runtime::{
     ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, TensorMapBytes,
 };
+pub use staging::{PinnedBuffer, Staging, STAGING_BYTES, STAGING_MIN_BYTES};

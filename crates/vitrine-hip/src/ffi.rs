@@ -48,6 +48,11 @@ pub(crate) struct HipApi {
     pub(crate) free: unsafe extern "C" fn(*mut c_void) -> HipError,
     pub(crate) memcpy:
         unsafe extern "C" fn(*mut c_void, *const c_void, usize, hip::hipMemcpyKind) -> HipError,
+    /// Page-locked host memory for the staging of large copies; optional, as
+    /// a runtime without it only makes those copies slower.
+    pub(crate) host_malloc:
+        Option<unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> HipError>,
+    pub(crate) host_free: Option<unsafe extern "C" fn(*mut c_void) -> HipError>,
     pub(crate) mem_get_info: unsafe extern "C" fn(*mut usize, *mut usize) -> HipError,
     pub(crate) stream_create: unsafe extern "C" fn(*mut HipStream) -> HipError,
     pub(crate) stream_destroy: unsafe extern "C" fn(HipStream) -> HipError,
@@ -229,6 +234,8 @@ pub(crate) fn load_hip_from(candidates: &[(String, u32)]) -> std::result::Result
             malloc: sym(&lib, p, "hipMalloc")?,
             free: sym(&lib, p, "hipFree")?,
             memcpy: sym(&lib, p, "hipMemcpy")?,
+            host_malloc: sym(&lib, p, "hipHostMalloc").ok(),
+            host_free: sym(&lib, p, "hipHostFree").ok(),
             mem_get_info: sym(&lib, p, "hipMemGetInfo")?,
             stream_create: sym(&lib, p, "hipStreamCreate")?,
             stream_destroy: sym(&lib, p, "hipStreamDestroy")?,

@@ -1,4 +1,6 @@
-//! Device memory: `hipMalloc`, `hipFree` and synchronous copies.
+//! Device memory: `hipMalloc`, `hipFree` and synchronous copies, large ones
+//! through a pinned staging buffer (`hipHostMalloc`; vitrine-gpu's
+//! `Staging` cuts them into chunks).
 //!
 //! `hipFree` waits for the device before releasing memory, which is exactly
 //! what [`DeviceBuffer`]'s drop contract asks for: an intermediate tensor may
@@ -13,7 +15,7 @@
 use std::ffi::{c_int, c_void};
 
 use vitrine_core::{Error, Result};
-use vitrine_gpu::DeviceBuffer;
+use vitrine_gpu::{DeviceBuffer, PinnedBuffer, STAGING_BYTES};
 
 use crate::ffi::{consts, HipApi};
 
@@ -74,23 +76,28 @@ pub(crate) fn alloc(api: &'static HipApi, device: c_int, bytes: usize) -> Result
     })
 }
 
-/// Copies `src` to the start of `dst`.
-pub(crate) fn copy_to_device(api: &HipApi, dst: &HipBuffer, src: &[u8]) -> Result<()> {
-    if src.len() > dst.len {
+/// Checks that `bytes` fit at the start of `dst`.
+pub(crate) fn check_fits(dst: &HipBuffer, bytes: usize) -> Result<()> {
+    if bytes > dst.len {
         return Err(Error::InvalidArgument(format!(
-            "copy of {} bytes into a {}-byte device buffer",
-            src.len(),
+            "copy of {bytes} bytes into a {}-byte device buffer",
             dst.len
         )));
     }
+    Ok(())
+}
+
+/// Copies `src` to device address `dst`, inside one of our allocations with
+/// at least `src.len()` bytes after it (the caller checks).
+pub(crate) fn copy_to_device(api: &HipApi, dst: u64, src: &[u8]) -> Result<()> {
     if src.is_empty() {
         return Ok(());
     }
-    // SAFETY: `dst` holds at least src.len() bytes (checked above) and `src`
-    // is a live host slice; hipMemcpy is synchronous for pageable memory.
+    // SAFETY: the caller guarantees the device range, and `src` is a live
+    // host slice; hipMemcpy returns once `src` may be reused.
     let code = unsafe {
         (api.memcpy)(
-            dst.ptr as *mut c_void,
+            dst as *mut c_void,
             src.as_ptr().cast(),
             src.len(),
             consts::H2D,
@@ -117,6 +124,50 @@ pub(crate) fn copy_to_host(api: &HipApi, src: u64, dst: &mut [u8]) -> Result<()>
         )
     };
     api.check("hipMemcpy (device to host)", code)
+}
+
+/// One page-locked host buffer of [`STAGING_BYTES`].
+pub(crate) struct PinnedHost {
+    api: &'static HipApi,
+    ptr: *mut u8,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value; `Staging`
+// keeps it behind a mutex, so one copy uses it at a time.
+unsafe impl Send for PinnedHost {}
+
+impl PinnedHost {
+    /// Allocates the buffer on the current device; `None` when the runtime
+    /// has no `hipHostMalloc` or refuses (the copies then stay pageable).
+    pub(crate) fn new(api: &'static HipApi) -> Option<Self> {
+        let (host_malloc, _) = (api.host_malloc?, api.host_free?);
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: writes one pointer through a valid out-pointer; flags 0 is
+        // hipHostMallocDefault.
+        let code = unsafe { host_malloc(&mut p, STAGING_BYTES, 0) };
+        (code == crate::ffi::HIP_SUCCESS && !p.is_null()).then(|| Self {
+            api,
+            ptr: p.cast::<u8>(),
+        })
+    }
+}
+
+impl PinnedBuffer for PinnedHost {
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points at STAGING_BYTES bytes that live as long as
+        // `self`, and `&mut self` makes this the only view of them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, STAGING_BYTES) }
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        if let Some(host_free) = self.api.host_free {
+            // SAFETY: `ptr` came from hipHostMalloc and is freed once; errors
+            // cannot be reported from drop.
+            let _ = unsafe { host_free(self.ptr.cast::<c_void>()) };
+        }
+    }
 }
 
 fn mib(bytes: usize) -> String {

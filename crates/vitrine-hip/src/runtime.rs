@@ -5,13 +5,13 @@
 use std::ffi::c_int;
 
 use vitrine_core::{Error, Result};
-use vitrine_gpu::{Gemm, GpuRuntime, KernelArg, KernelModule};
+use vitrine_gpu::{DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, Staging};
 
 use crate::arch;
 use crate::blas::Blas;
 use crate::device::{self, DeviceInfo};
 use crate::ffi::{self, HipApi, HipStream};
-use crate::memory::{self, HipBuffer};
+use crate::memory::{self, HipBuffer, PinnedHost};
 use crate::module::Modules;
 
 /// Our stream. Blocking (not `hipStreamNonBlocking`), so the synchronous
@@ -51,6 +51,8 @@ pub struct HipRuntime {
     blas: Blas,
     modules: Modules,
     stream: Stream,
+    /// The pinned buffer large copies pass through (vitrine-gpu's staging).
+    staging: Staging<PinnedHost>,
 }
 
 /// Names the device in an error that does not yet say which one it is
@@ -119,6 +121,7 @@ impl HipRuntime {
             blas,
             modules,
             stream,
+            staging: Staging::default(),
         })
     }
 
@@ -203,7 +206,18 @@ impl GpuRuntime for HipRuntime {
 
     fn copy_to_device(&self, dst: &HipBuffer, src: &[u8]) -> Result<()> {
         self.bind()?;
-        memory::copy_to_device(self.api, dst, src)
+        memory::check_fits(dst, src.len())?;
+        let api = self.api;
+        let staged = self.staging.upload(
+            || Ok(PinnedHost::new(api)),
+            dst.device_ptr(),
+            src,
+            |at, chunk| memory::copy_to_device(api, at, chunk),
+        )?;
+        if staged {
+            return Ok(());
+        }
+        memory::copy_to_device(api, dst.device_ptr(), src)
     }
 
     fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
@@ -211,7 +225,17 @@ impl GpuRuntime for HipRuntime {
         // Explicit, so that a failed kernel is reported as such and not as a
         // failed copy.
         self.sync("hipStreamSynchronize (queued work before a copy to the host)")?;
-        memory::copy_to_host(self.api, src, dst)
+        let api = self.api;
+        let staged = self.staging.download(
+            || Ok(PinnedHost::new(api)),
+            src,
+            dst,
+            |chunk, at| memory::copy_to_host(api, at, chunk),
+        )?;
+        if staged {
+            return Ok(());
+        }
+        memory::copy_to_host(api, src, dst)
     }
 
     fn launch(

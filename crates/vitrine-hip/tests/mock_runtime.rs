@@ -257,5 +257,26 @@ fn the_runtime_layer_works_against_a_mock_rocm() {
     }
     std::env::remove_var("VITRINE_MOCK_MEM");
     drop(be);
+
+    // Large copies go through the pinned staging buffer in chunks (a round
+    // trip of 2 chunks and a bit), and come back the same without pinned
+    // memory; small ones go straight.
+    for pinned in [true, false] {
+        if !pinned {
+            set("VITRINE_MOCK_NO_PINNED", "1");
+        }
+        let be = HipBackend::new(0).expect("open");
+        for n in [1000, (2 * vitrine_gpu::STAGING_BYTES + 12_345) / 4] {
+            let v = values(n, 7);
+            let host = HostTensor::from_f32(vec![n], v.clone()).expect("host");
+            let t = be.upload(&host, DType::F32).expect("upload");
+            assert_eq!(
+                be.download(&t).expect("download").to_f32_vec(),
+                v,
+                "n {n}, pinned {pinned}"
+            );
+        }
+    }
+    std::env::remove_var("VITRINE_MOCK_NO_PINNED");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -168,14 +168,7 @@ impl<B: Backend> Runner for Loaded<B> {
             .recorder
             .prepare(be, &self.model, self.dtype, groups, keep)?;
         let outputs = pass.run()?;
-        // Widened to f32 where the tensor is (exact for every dtype): on a
-        // GPU that is one small kernel, against a host conversion that took
-        // longer than the copy (docs/performance.md row 47).
-        let host = |t: &B::Tensor| {
-            be.cast(t, DType::F32)
-                .and_then(|t| be.download(&t))
-                .map(|h| h.into_dtype(DType::F32))
-        };
+        let host = |t: &B::Tensor| be.download_f32(t);
         outputs
             .iter()
             .map(|o| {

@@ -111,6 +111,20 @@ hipError_t hipFree(void *p) {
   return hipSuccess;
 }
 
+/* Page-locked memory is ordinary memory here; VITRINE_MOCK_NO_PINNED=1
+ * refuses it, so the pageable path runs too. */
+hipError_t hipHostMalloc(void **p, size_t n, unsigned int flags) {
+  (void)flags;
+  if (env_long("VITRINE_MOCK_NO_PINNED", 0)) return hipErrorOutOfMemory;
+  *p = malloc(n);
+  return *p ? hipSuccess : hipErrorOutOfMemory;
+}
+
+hipError_t hipHostFree(void *p) {
+  free(p);
+  return hipSuccess;
+}
+
 hipError_t hipMemcpy(void *dst, const void *src, size_t n, int kind) {
   if (kind != 1 && kind != 2) return hipErrorInvalidValue; /* H2D, D2H only */
   memcpy(dst, src, n);
