@@ -152,6 +152,18 @@ fn scalar_where_a_matrix_is_expected() {
 }
 
 #[test]
+fn negative_summary_index() {
+    let dir = edited_model("neg_summary", "radio_v4", |t| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.name == "radio_model.summary_idxs")
+            .unwrap();
+        x.bytes = [-1i64, 1].iter().flat_map(|i| i.to_le_bytes()).collect();
+    });
+    expect_checkpoint_err(&dir, &["summary_idxs [-1, 1] hold a negative index"]);
+}
+
+#[test]
 fn missing_tensor() {
     let name = "radio_model.model.blocks.1.attn.proj.weight";
     let dir = edited_model("missing", "radio_v4", |t| t.retain(|x| x.name != name));

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -428,6 +429,15 @@ fn host_bytes(t: &HostTensor) -> &[u8] {
     }
 }
 
+/// `host` stored as `dtype`: itself when it already is, else a converted copy.
+fn stored_as(host: &HostTensor, dtype: DType) -> Cow<'_, HostTensor> {
+    if host.dtype() == dtype {
+        Cow::Borrowed(host)
+    } else {
+        Cow::Owned(host.to_dtype(dtype))
+    }
+}
+
 /// A host vector of `n` elements with a device buffer's bytes copied in
 /// (pages touched first across threads: see `touched_vec`).
 fn download_vec<R: GpuRuntime, T: bytemuck::Pod + Send + Sync>(
@@ -449,14 +459,7 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
 
     fn upload(&self, host: &HostTensor, dtype: DType) -> Result<GpuTensor<R>> {
         let _t = self.timed("upload");
-        let converted;
-        let stored = if host.dtype() == dtype {
-            host
-        } else {
-            converted = host.to_dtype(dtype);
-            &converted
-        };
-        let buf = self.upload_bytes(host_bytes(stored))?;
+        let buf = self.upload_bytes(host_bytes(&stored_as(host, dtype)))?;
         Ok(GpuTensor {
             buf: Arc::new(buf),
             offset: 0,
@@ -505,12 +508,8 @@ impl<R: GpuRuntime> Backend for GpuBackend<R> {
                 format!("{:?} into a tensor of {:?}", host.shape(), dst.dims),
             ));
         }
-        if host.dtype() == dst.dtype {
-            self.rt.copy_to_device(&dst.buf.buf, host_bytes(host))
-        } else {
-            let converted = host.to_dtype(dst.dtype);
-            self.rt.copy_to_device(&dst.buf.buf, host_bytes(&converted))
-        }
+        self.rt
+            .copy_to_device(&dst.buf.buf, host_bytes(&stored_as(host, dst.dtype)))
     }
 
     fn download(&self, x: &GpuTensor<R>) -> Result<HostTensor> {
