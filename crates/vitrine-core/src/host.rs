@@ -25,6 +25,21 @@ pub fn touched_vec<T: Copy + Send + Sync>(n: usize, zero: T) -> Vec<T> {
     v
 }
 
+/// fp32 values stored as `dtype`, rounded to nearest even. Slice
+/// conversions: the same rounding as the scalar ones, vectorised (F16C on
+/// x86) where the CPU has it.
+fn stored_as(values: &[f32], dtype: DType) -> HostData {
+    match dtype {
+        DType::F32 => HostData::F32(values.to_vec()),
+        DType::F16 => HostData::F16(convert(values, f16::ZERO, |s, o| {
+            o.convert_from_f32_slice(s)
+        })),
+        DType::BF16 => HostData::BF16(convert(values, bf16::ZERO, |s, o| {
+            o.convert_from_f32_slice(s)
+        })),
+    }
+}
+
 /// `convert(src chunk, out chunk)` over `src` into a new vector, chunk by
 /// chunk across the thread pool when it is large.
 fn convert<S: Sync, D: Copy + Send + Sync>(
@@ -99,18 +114,7 @@ impl HostTensor {
     /// Rounds fp32 values to `dtype` (round to nearest even), as a device
     /// would when it stores a result in that type.
     pub fn from_f32_as(shape: Vec<usize>, values: &[f32], dtype: DType) -> Result<Self> {
-        let data = match dtype {
-            DType::F32 => HostData::F32(values.to_vec()),
-            // Slice conversions: the same round-to-nearest-even as the
-            // scalar ones, vectorised (F16C on x86) where the CPU has it.
-            DType::F16 => HostData::F16(convert(values, f16::ZERO, |s, o| {
-                o.convert_from_f32_slice(s)
-            })),
-            DType::BF16 => HostData::BF16(convert(values, bf16::ZERO, |s, o| {
-                o.convert_from_f32_slice(s)
-            })),
-        };
-        Self::new(shape, data)
+        Self::new(shape, stored_as(values, dtype))
     }
 
     /// The dimensions.
@@ -153,19 +157,9 @@ impl HostTensor {
         }
         let data = match (&self.data, dtype) {
             (_, DType::F32) => HostData::F32(self.to_f32_vec()),
-            (HostData::F32(v), DType::F16) => {
-                HostData::F16(convert(v, f16::ZERO, |s, o| o.convert_from_f32_slice(s)))
-            }
-            (HostData::F32(v), DType::BF16) => {
-                HostData::BF16(convert(v, bf16::ZERO, |s, o| o.convert_from_f32_slice(s)))
-            }
+            (HostData::F32(v), _) => stored_as(v, dtype),
             // f16 <-> bf16: through fp32, which holds both exactly.
-            (_, DType::F16) => HostData::F16(convert(&self.to_f32_vec(), f16::ZERO, |s, o| {
-                o.convert_from_f32_slice(s)
-            })),
-            (_, DType::BF16) => HostData::BF16(convert(&self.to_f32_vec(), bf16::ZERO, |s, o| {
-                o.convert_from_f32_slice(s)
-            })),
+            _ => stored_as(&self.to_f32_vec(), dtype),
         };
         Self {
             shape: self.shape.clone(),

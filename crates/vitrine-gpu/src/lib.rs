@@ -23,4 +23,4 @@ pub use backend::{GpuBackend, GpuTensor};
 pub use runtime::{
     ColumnBlockMap, DeviceBuffer, Gemm, GpuRuntime, KernelArg, KernelModule, TensorMapBytes,
 };
-pub use staging::{PinnedBuffer, Staging, STAGING_BYTES, STAGING_MIN_BYTES};
+pub use staging::{PinnedBuffer, Staging, STAGING_BYTES};

@@ -17,7 +17,7 @@ use vitrine_core::{Error, Result};
 
 /// Copies shorter than this go straight from or to the caller's memory: the
 /// staging round trip would cost more than it saves.
-pub const STAGING_MIN_BYTES: usize = 1 << 20;
+const STAGING_MIN_BYTES: usize = 1 << 20;
 /// Size of the pinned buffer, and so of the chunks a large copy is cut into.
 pub const STAGING_BYTES: usize = 32 << 20;
 /// Bytes per task when the host threads copy a chunk in or out.
